@@ -1,0 +1,456 @@
+"""Argument dataclasses and the YAML + command-line parsing that fills them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+from transformers.hf_argparser import string_to_bool
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
+# The embedded default corpus: real HDFS sessions (DeepLog split), see sample_data/README.md.
+SAMPLE_TRAIN_FILE = SAMPLE_DATA_DIR / "hdfs_train.txt"
+YAML_SECTIONS = ("model", "data", "training")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used; the message names the key and the file."""
+
+
+@dataclass
+class ModelArguments:
+    """The BERT encoder. Defaults are a small model that trains on a laptop CPU in minutes."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "A trained LogBERT directory to continue from. Default: a new model built from this config."},
+    )
+    vocab_size: int = field(
+        default=10000,
+        metadata={
+            "help": "Token-id space for data that carries `token_ids` (the seed convention PAD=0, UNK=100, CLS=101, "
+            "SEP=102, MASK=103). Event-ID data builds its own vocabulary and ignores this."
+        },
+    )
+    hidden_size: int = field(default=128, metadata={"help": "Width of the encoder."})
+    num_hidden_layers: int = field(default=2, metadata={"help": "Transformer layers."})
+    num_attention_heads: int = field(default=4, metadata={"help": "Attention heads per layer."})
+    intermediate_size: int = field(default=512, metadata={"help": "Feed-forward width."})
+    max_position_embeddings: int = field(default=512, metadata={"help": "Longest session (in tokens) the model sees."})
+    hidden_dropout_prob: float = field(default=0.1, metadata={"help": "Dropout on hidden states."})
+    attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "Dropout on attention weights."})
+    initializer_range: float = field(default=0.02, metadata={"help": "Std of the weight initialisation."})
+    pad_vocab_to_multiple_of: int = field(
+        default=64,
+        metadata={"help": "Round the embedding rows up to this multiple: tensor cores prefer aligned matmuls."},
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "Attention kernel.", "choices": ["sdpa", "eager"]}
+    )
+    sparse_mlm_head: bool = field(
+        default=True,
+        metadata={
+            "help": "Apply the MLM decoder only at masked positions during training: the other ~85% of positions "
+            "carry no loss, so decoding them is wasted work."
+        },
+    )
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"--hidden_size ({self.hidden_size}) must be divisible by --num_attention_heads "
+                f"({self.num_attention_heads})."
+            )
+        if self.pad_vocab_to_multiple_of < 1:
+            raise ValueError("--pad_vocab_to_multiple_of must be at least 1.")
+
+
+@dataclass
+class DataArguments:
+    """Where the log sessions come from and how they become model inputs."""
+
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Directory of session files (matched by --file_pattern). Default: the bundled HDFS sample."},
+    )
+    train_file: list[str] | None = field(
+        default=None, metadata={"help": "Training files or globs (JSON, JSON Lines or event-ID text)."}
+    )
+    validation_file: list[str] | None = field(
+        default=None, metadata={"help": "Validation files or globs. Default: held out from the training files."}
+    )
+    file_pattern: list[str] = field(
+        default_factory=lambda: ["*.json", "*.jsonl", "*.txt"],
+        metadata={"help": "Globs matched inside --data-dir."},
+    )
+    validation_split: str = field(
+        default="random",
+        metadata={
+            "help": "How to hold out validation sessions when no --validation_file is given: 'random' (a "
+            "deterministic, seeded percentage) or 'chronological' (the last files, by name, so that time-ordered "
+            "logs do not leak the future into training).",
+            "choices": ["random", "chronological"],
+        },
+    )
+    validation_split_percentage: float = field(
+        default=5.0, metadata={"help": "Percentage of sessions (or of files, chronologically) held out."}
+    )
+    max_seq_length: int | None = field(
+        default=None,
+        metadata={"help": "Tokens per session including [CLS]/[SEP]. Default: --max_position_embeddings."},
+    )
+    truncate_long_sessions: bool = field(
+        default=True,
+        metadata={"help": "Cut sessions longer than --max_seq_length (counted in the log); otherwise it is an error."},
+    )
+    skip_bad_records: bool = field(
+        default=False,
+        metadata={"help": "Write malformed sessions to OUTPUT_DIR/rejected_records.jsonl with the reason, not fail."},
+    )
+    mlm_probability: float = field(default=0.15, metadata={"help": "Share of event tokens masked per session."})
+    mask_replace_prob: float = field(default=0.8, metadata={"help": "Of the masked tokens, share replaced by [MASK]."})
+    random_replace_prob: float = field(
+        default=0.1, metadata={"help": "Of the masked tokens, share replaced by a random event (the rest is kept)."}
+    )
+    pad_to_multiple_of: int = field(default=8, metadata={"help": "Dynamic padding length multiple."})
+    min_event_frequency: int = field(
+        default=1, metadata={"help": "Events seen fewer times in training map to [UNK] in the vocabulary."}
+    )
+    data_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the Arrow cache lives. Default: $LOGBERT_CACHE or ~/.cache/logbert."},
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Rebuild the Arrow cache even when it is valid."})
+    preprocessing_num_workers: int | None = field(
+        default=None, metadata={"help": "Processes that parse session files in parallel (default: 1)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training sessions."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many validation sessions."})
+
+    def __post_init__(self):
+        if not 0 <= self.validation_split_percentage < 100:
+            raise ValueError("--validation_split_percentage must be in [0, 100).")
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError("--mlm_probability (--mask_prob) must be in (0, 1).")
+        if self.mask_replace_prob + self.random_replace_prob > 1:
+            raise ValueError("--mask_replace_prob + --random_replace_prob must not exceed 1.")
+
+    def cache_root(self) -> Path:
+        return Path(self.data_cache_dir or os.environ.get("LOGBERT_CACHE") or Path.home() / ".cache" / "logbert")
+
+
+@dataclass
+class ReferenceArguments:
+    """The reference `training_config.yaml` keys, accepted unchanged and mapped onto Hugging Face arguments."""
+
+    batch_size: int | None = field(
+        default=None, metadata={"help": "Per-device batch size (train and eval): --per_device_train_batch_size."}
+    )
+    num_epochs: float | None = field(default=None, metadata={"help": "Alias of --num_train_epochs."})
+    mask_prob: float | None = field(default=None, metadata={"help": "Alias of --mlm_probability."})
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "'no', 'fp16', 'bf16' or 'auto' (bf16 where the GPU supports it, else fp16; fp32 on CPU).",
+            "choices": ["no", "fp16", "bf16", "auto"],
+        },
+    )
+    num_workers: int | None = field(default=None, metadata={"help": "Alias of --dataloader_num_workers."})
+    use_multi_gpu: bool | None = field(
+        default=None,
+        metadata={"help": "Informational: the number of GPUs comes from `accelerate launch`, see the README."},
+    )
+
+
+def _default_report_to() -> str:
+    # TensorBoard logs when it is installed; nothing else is reported by default.
+    return "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+
+
+@dataclass
+class LogBertTrainingArguments(TrainingArguments):
+    """`TrainingArguments` with the LogBERT reference recipe as defaults (AdamW, cosine, wd 0.01, clip 1.0)."""
+
+    output_dir: str = field(default="outputs/logbert", metadata={"help": "Where checkpoints and models go."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Sessions per device per step."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Sessions per device in evaluation."})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Peak AdamW learning rate."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Passes over the training sessions."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    warmup_steps: float = field(
+        default=0.0, metadata={"help": "Warmup: steps, or a fraction of all steps when below 1."}
+    )
+    eval_strategy: str = field(default="steps", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
+    eval_steps: float | None = field(default=200, metadata={"help": "Evaluate every N steps."})
+    save_steps: float = field(default=200, metadata={"help": "Write checkpoint-N every N steps."})
+    save_total_limit: int | None = field(default=3, metadata={"help": "Keep at most this many checkpoints."})
+    logging_steps: float = field(default=50, metadata={"help": "Log the loss every N steps."})
+    train_sampling_strategy: str = field(
+        default="group_by_length",
+        metadata={"help": "'group_by_length' batches sessions of similar length, so little compute goes to padding."},
+    )
+    report_to: None | str | list[str] = field(
+        default_factory=_default_report_to, metadata={"help": "Loggers: 'tensorboard', 'none', ..."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "The datasets we build hold only model inputs already."}
+    )
+    do_train: bool = field(default=True, metadata={"help": "Train (pass --do_train false to only evaluate)."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={
+            "help": "Resume from this checkpoint-N folder; with no path, from the latest complete one in --output_dir.",
+            "nargs": "?",
+            "const": "latest",
+        },
+    )
+    top_k: list[int] = field(
+        default_factory=lambda: [5, 10],
+        metadata={"help": "k values for the top-k masked-event accuracy reported at evaluation."},
+    )
+    nan_loss_patience: int = field(
+        default=20,
+        metadata={"help": "Stop with an error when the logged loss is NaN/inf this many logging steps in a row."},
+    )
+
+
+ALL_ARGUMENT_CLASSES = (ModelArguments, DataArguments, ReferenceArguments, LogBertTrainingArguments)
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser(ALL_ARGUMENT_CLASSES)
+    parser.add_argument("--config", default=None, help="YAML file with `model:`, `data:`, `training:` sections.")
+    return parser
+
+
+def _expected_type_name(action: argparse.Action) -> str:
+    if action.choices:
+        return "one of " + ", ".join(map(str, action.choices))
+    kind = getattr(action.type, "__name__", str(action.type))
+    return {"string_to_bool": "true or false", "make_choice_type_function": "a choice"}.get(kind, kind)
+
+
+def _convert_yaml_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """Convert a YAML value with the same type the command-line flag uses; raise ConfigError naming `where`."""
+    if value is None:
+        return None
+
+    def convert_one(item: Any) -> Any:
+        if action.type is None:
+            return item
+        if action.type is int and isinstance(item, float) and not item.is_integer():
+            raise ValueError
+        if action.type is int and isinstance(item, bool):
+            raise ValueError
+        if action.type is string_to_bool and not isinstance(item, (bool, str, int)):
+            raise ValueError
+        # PyYAML reads `2e-5` as a string (YAML 1.1 needs a dot): parsing it as the flag would is the fix.
+        converted = action.type(item if isinstance(item, (str, bool)) else str(item))
+        if action.choices and converted not in action.choices:
+            raise ValueError
+        return converted
+
+    try:
+        if action.nargs == "+":
+            items = value if isinstance(value, list) else [value]
+            return [convert_one(item) for item in items]
+        if isinstance(value, (list, dict)):
+            raise ValueError
+        return convert_one(value)
+    except (ValueError, TypeError, argparse.ArgumentTypeError):
+        raise ConfigError(f"{where}: expected {_expected_type_name(action)}, got {value!r}") from None
+
+
+def load_yaml_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Read `--config` into {dest: value}, checking every key against the known flags.
+
+    Sections `model:`, `data:`, `training:` are read alike (a key may sit in any of them, as in the reference
+    `training_config.yaml`); top-level keys are accepted too. An unknown key or a value of the wrong type is a
+    ConfigError naming the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections {', '.join(YAML_SECTIONS)}")
+
+    flat: dict[str, tuple[Any, str]] = {}
+    for key, value in raw.items():
+        if key in YAML_SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: section '{key}' must be a mapping of settings")
+            entries = [(f"{key}.{sub}", sub, sub_value) for sub, sub_value in value.items()]
+        else:
+            entries = [(str(key), key, value)]
+        for where, name, item in entries:
+            if name in flat:
+                raise ConfigError(f"{path}: key '{name}' is set twice ({flat[name][1]} and {where})")
+            flat[name] = (item, where)
+
+    known = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    values = {}
+    for name, (value, where) in flat.items():
+        action = known.get(str(name).replace("-", "_"))
+        if action is None:
+            raise ConfigError(
+                f"{path}: unknown key '{where}'. Every key must be a flag of run_mlm_logs.py "
+                f"(see `python run_mlm_logs.py --help`)."
+            )
+        values[action.dest] = _convert_yaml_value(action, value, f"{path}: '{where}'")
+    return values
+
+
+def _flags_on_command_line(argv: list[str], parser: argparse.ArgumentParser) -> set[str]:
+    """The destinations the user typed, so that they win over YAML and reference aliases."""
+    given = set()
+    for token in argv:
+        if token.startswith("--"):
+            action = parser._option_string_actions.get(token.split("=", 1)[0])
+            if action is not None:
+                given.add(action.dest)
+    return given
+
+
+# reference key -> (Hugging Face destinations it sets)
+REFERENCE_ALIASES = {
+    "batch_size": ("per_device_train_batch_size", "per_device_eval_batch_size"),
+    "num_epochs": ("num_train_epochs",),
+    "mask_prob": ("mlm_probability",),
+    "num_workers": ("dataloader_num_workers",),
+}
+
+
+def _resolve_reference_keys(namespace: argparse.Namespace, cli: set[str], yaml_keys: set[str]) -> None:
+    """Map the reference config's keys onto Hugging Face's. Precedence: CLI flag > alias > YAML > default."""
+    for alias, targets in REFERENCE_ALIASES.items():
+        value = getattr(namespace, alias)
+        if value is None:
+            continue
+        for target in targets:
+            if target in cli and alias not in cli:
+                continue
+            if target in yaml_keys and alias in yaml_keys and getattr(namespace, target) != value:
+                raise ConfigError(f"the config sets both '{alias}' and '{target}': keep one")
+            setattr(namespace, target, value)
+
+    precision = namespace.mixed_precision
+    if precision is None or {"fp16", "bf16"} & cli:
+        return
+    if precision == "auto":
+        precision = _best_precision()
+    elif precision in ("fp16", "bf16") and not _cuda_available():
+        logger.warning("mixed_precision=%s needs a GPU; training in fp32 on this machine.", precision)
+        precision = "no"
+    namespace.fp16 = precision == "fp16"
+    namespace.bf16 = precision == "bf16"
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _best_precision() -> str:
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def parse_args(argv: list[str] | None = None):
+    """Parse `--config` (defaults) and the command line (wins) into the argument dataclasses.
+
+    Returns:
+        (ModelArguments, DataArguments, LogBertTrainingArguments, config_path or None)
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    pre_parser = argparse.ArgumentParser(add_help=False)
+    pre_parser.add_argument("--config", default=None)
+    known, _ = pre_parser.parse_known_args(argv)
+
+    yaml_values = load_yaml_config(known.config, parser) if known.config else {}
+    parser.set_defaults(**yaml_values)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    cli = _flags_on_command_line(argv, parser)
+    _resolve_reference_keys(namespace, cli, set(yaml_values))
+    if namespace.use_multi_gpu:
+        logger.info("use_multi_gpu is set: start with `accelerate launch --multi_gpu ...` to use several GPUs.")
+
+    instances = []
+    for dataclass_type in ALL_ARGUMENT_CLASSES:
+        names = {f.name for f in dataclasses.fields(dataclass_type) if f.init}
+        kwargs = {name: getattr(namespace, name) for name in names}
+        try:
+            instances.append(dataclass_type(**kwargs))
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    model_args, data_args, _, training_args = instances
+
+    if data_args.max_seq_length is None:
+        data_args.max_seq_length = model_args.max_position_embeddings
+    if data_args.max_seq_length > model_args.max_position_embeddings:
+        raise ConfigError(
+            f"--max_seq_length ({data_args.max_seq_length}) exceeds --max_position_embeddings "
+            f"({model_args.max_position_embeddings})."
+        )
+    return model_args, data_args, training_args, known.config
+
+
+def resolved_config(model_args, data_args, training_args) -> dict[str, dict[str, Any]]:
+    """The effective settings as a YAML-ready dict in the `--config` layout, saved beside every exported model."""
+
+    def plain(value):
+        if hasattr(value, "value"):  # enums
+            return value.value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, float) and math.isinf(value):
+            return None
+        return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+    training_defaults = LogBertTrainingArguments(output_dir=training_args.output_dir)
+    training = {
+        f.name: plain(getattr(training_args, f.name))
+        for f in dataclasses.fields(training_args)
+        if f.init and not f.name.startswith("_") and f.name != "hub_token"
+        and getattr(training_args, f.name) != getattr(training_defaults, f.name)
+    }
+    training.update(
+        {
+            name: plain(getattr(training_args, name))
+            for name in (
+                "per_device_train_batch_size", "learning_rate", "num_train_epochs", "lr_scheduler_type",
+                "weight_decay", "max_grad_norm", "gradient_accumulation_steps", "seed", "fp16", "bf16",
+            )
+        }
+    )
+    return {
+        "model": {f.name: plain(getattr(model_args, f.name)) for f in dataclasses.fields(model_args)},
+        "data": {f.name: plain(getattr(data_args, f.name)) for f in dataclasses.fields(data_args)},
+        "training": training,
+    }

@@ -1,0 +1,729 @@
+"""Session files (JSON, JSON Lines, event-ID text) -> validated, Arrow-cached `datasets.Dataset`s."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from datasets import Dataset, concatenate_datasets
+
+from .config import SAMPLE_TRAIN_FILE, DataArguments
+
+logger = logging.getLogger(__name__)
+
+# Bump when the shard layout or the validation rules change: old caches are then rebuilt, never misread.
+CACHE_FORMAT_VERSION = 3
+# The seed's token-id convention (that of BERT's uncased vocabulary), used for data that carries `token_ids`.
+SEED_SPECIAL_IDS = {"[PAD]": 0, "[UNK]": 100, "[CLS]": 101, "[SEP]": 102, "[MASK]": 103}
+TOKEN_IDS_KIND = "token_ids"
+EVENTS_KIND = "events"
+REJECTED_RECORDS_FILE = "rejected_records.jsonl"
+SESSION_LIST_KEYS = ("sessions", "data", "records", "logs")
+LABEL_NAMES = {"normal": 0, "anomaly": 1, "anomalous": 1, "abnormal": 1}
+JSON_SUFFIXES = (".json",)
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file, the record and what was expected."""
+
+
+@dataclass
+class Rejection:
+    """One record that was not used, and why (written to rejected_records.jsonl)."""
+
+    file: str
+    record: int | None  # 1-based record number in the file (line number for JSON Lines and text)
+    reason: str
+    content: Any = None
+
+    def to_json(self) -> str:
+        content = self.content
+        if isinstance(content, (bytes, bytearray)):
+            content = content.decode("utf-8", errors="backslashreplace")
+        return json.dumps(
+            {"file": self.file, "record": self.record, "reason": self.reason, "content": content}, default=str
+        )
+
+    def message(self) -> str:
+        where = f"{self.file}: record {self.record}" if self.record else self.file
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ParseSettings:
+    """Everything that changes how a file is parsed; part of the cache key."""
+
+    vocab_size: int
+    max_seq_length: int
+    truncate_long_sessions: bool
+    skip_bad_records: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "vocab_size": self.vocab_size,
+            "max_seq_length": self.max_seq_length,
+            "truncate_long_sessions": self.truncate_long_sessions,
+            "skip_bad_records": self.skip_bad_records,
+        }
+
+
+@dataclass
+class FileShard:
+    """One input file parsed into one Arrow file in the cache."""
+
+    source: str
+    arrow_path: str
+    kind: str | None  # None for a file with no usable session
+    sessions: int
+    truncated: int
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Finding files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def expand_data_files(patterns: Iterable[str], what: str) -> list[str]:
+    """Expand files, globs and directories into a sorted list of files; a pattern matching nothing is an error."""
+    files: list[str] = []
+    for pattern in patterns:
+        pattern = os.path.expanduser(pattern)
+        if os.path.isdir(pattern):
+            matches = sorted(p for p in glob.glob(os.path.join(pattern, "*")) if os.path.isfile(p))
+        else:
+            matches = sorted(p for p in glob.glob(pattern) if os.path.isfile(p))
+        if not matches:
+            raise DataError(f"{what} {pattern}: no such file (or no file matches the pattern)")
+        files.extend(matches)
+    # Name order is time order for daily files such as preprocessed_logs_2025-02-24.json.
+    return sorted(dict.fromkeys(os.path.abspath(f) for f in files))
+
+
+def resolve_data_files(data_args: DataArguments) -> tuple[list[str], list[str]]:
+    """The training and validation files the arguments name. No data flag at all means the bundled sample."""
+    if data_args.train_file:
+        train = expand_data_files(data_args.train_file, "--train_file")
+    elif data_args.data_dir:
+        if not os.path.isdir(data_args.data_dir):
+            raise DataError(f"--data-dir {data_args.data_dir}: no such directory")
+        train = sorted(
+            {
+                os.path.abspath(p)
+                for pattern in data_args.file_pattern
+                for p in glob.glob(os.path.join(data_args.data_dir, "**", pattern), recursive=True)
+                if os.path.isfile(p)
+            }
+        )
+        if not train:
+            raise DataError(
+                f"--data-dir {data_args.data_dir}: no file matches --file_pattern {' '.join(data_args.file_pattern)}"
+            )
+    else:
+        logger.info("No data given: training on the bundled HDFS sample %s", SAMPLE_TRAIN_FILE)
+        train = [str(SAMPLE_TRAIN_FILE)]
+    validation = expand_data_files(data_args.validation_file, "--validation_file") if data_args.validation_file else []
+    overlap = set(train) & set(validation)
+    if overlap:
+        raise DataError(f"these files are both training and validation files: {', '.join(sorted(overlap))}")
+    return train, validation
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reading one file into records
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _file_format(path: str, head: bytes) -> str:
+    lowered = path.lower()
+    if lowered.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if lowered.endswith(JSON_SUFFIXES):
+        return "json"
+    first = head.lstrip()[:1]
+    if first == b"[":
+        return "json"
+    if first == b"{":
+        return "jsonl" if b"\n{" in head.strip() else "json"
+    return "text"
+
+
+def _line_of_offset(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def iter_file_records(path: str, skip_bad_records: bool) -> Iterator[tuple[int, Any] | Rejection]:
+    """Yield (record number, record) for every session in a file, or a Rejection for what cannot be read.
+
+    Records are dicts (JSON formats) or lists of event-ID strings (text format). Errors that make the whole
+    file unreadable are raised as DataError unless `skip_bad_records`, where they become one Rejection.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    fmt = _file_format(path, data[:4096])
+
+    def fail(reason: str, record: int | None = None, content: Any = None) -> Rejection:
+        rejection = Rejection(path, record, reason, content)
+        if not skip_bad_records:
+            raise DataError(rejection.message())
+        return rejection
+
+    if not data.strip():
+        yield fail("the file is empty: expected log sessions (JSON array, JSON Lines, or event-ID lines)")
+        return
+
+    if fmt == "json":
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = _line_of_offset(data, error.start)
+            yield fail(f"line {line}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start})")
+            return
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as error:
+            if error.msg == "Extra data":  # several JSON documents: it is JSON Lines under a .json name
+                yield from _iter_lines(path, data, fail, parse_json=True)
+                return
+            hint = " (the file looks truncated)" if error.pos >= len(text.rstrip()) - 1 else ""
+            yield fail(f"line {error.lineno} column {error.colno}: not valid JSON: {error.msg}{hint}")
+            return
+        sessions = _session_list(document)
+        if sessions is None:
+            yield fail(
+                "expected a JSON array of session objects, or an object holding one under "
+                f"{' / '.join(SESSION_LIST_KEYS)}; got {type(document).__name__}"
+            )
+            return
+        for number, record in enumerate(sessions, start=1):
+            yield number, record
+    else:
+        yield from _iter_lines(path, data, fail, parse_json=fmt == "jsonl")
+
+
+def _session_list(document: Any) -> list | None:
+    if isinstance(document, list):
+        return document
+    if isinstance(document, dict):
+        for key in SESSION_LIST_KEYS:
+            if isinstance(document.get(key), list):
+                return document[key]
+        lists = [value for value in document.values() if isinstance(value, list)]
+        if len(lists) == 1:
+            return lists[0]
+        if "token_ids" in document or "event_sequence" in document:
+            return [document]
+    return None
+
+
+def _iter_lines(path: str, data: bytes, fail, parse_json: bool) -> Iterator[tuple[int, Any] | Rejection]:
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            yield fail(f"line {number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})",
+                       number, raw)
+            continue
+        if not parse_json:
+            yield number, line.split()
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as error:
+            yield fail(f"line {number}: not valid JSON: {error.msg} (column {error.colno})", number, line)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Validating records into columns
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _record_kind(record: Any) -> str:
+    if isinstance(record, dict) and "token_ids" in record:
+        return TOKEN_IDS_KIND
+    return EVENTS_KIND
+
+
+def _check_label(record: dict) -> tuple[int, str | None]:
+    label = record.get("label", record.get("is_anomaly"))
+    if label is None:
+        return -1, None
+    if isinstance(label, bool):
+        return int(label), None
+    if isinstance(label, int) and label in (0, 1):
+        return label, None
+    if isinstance(label, str) and label.strip().lower() in LABEL_NAMES:
+        return LABEL_NAMES[label.strip().lower()], None
+    return -1, f"'label' must be 0/1, true/false or normal/anomaly, got {label!r}"
+
+
+def _session_id(record: dict) -> str:
+    for key in ("session_id", "block_id", "BlockId", "id"):
+        if key in record and record[key] is not None:
+            return str(record[key])
+    return ""
+
+
+def _events_of(record: Any) -> tuple[list[str] | None, str | None]:
+    """Event IDs of a text line or of a JSON record's `event_sequence`, as strings."""
+    if isinstance(record, list):  # a text line, already split
+        return record, None
+    if not isinstance(record, dict):
+        return None, f"expected a session object, got {type(record).__name__}"
+    events = record.get("event_sequence", record.get("event_ids"))
+    if events is None:
+        return None, "missing field 'event_sequence' (or 'token_ids')"
+    if isinstance(events, str):
+        events = events.split()
+    if not isinstance(events, list):
+        return None, f"'event_sequence' must be a list of event IDs, got {type(events).__name__}"
+    normalised = []
+    for position, event in enumerate(events):
+        if isinstance(event, bool) or not isinstance(event, (int, str)) or (isinstance(event, str) and
+                                                                           (not event or any(c.isspace() for c in event))):
+            return None, f"'event_sequence'[{position}] must be an event ID (integer or non-blank string), got {event!r}"
+        normalised.append(str(event))
+    return normalised, None
+
+
+class _ShardBuilder:
+    """Collects the valid records of one file into columns, and the invalid ones as Rejections."""
+
+    def __init__(self, path: str, settings: ParseSettings):
+        self.path = path
+        self.settings = settings
+        self.kind: str | None = None
+        self.session_ids: list[str] = []
+        self.labels: list[int] = []
+        self.records: list[int] = []
+        self.sequences: list[list] = []  # token ids (token_ids kind) or event strings (events kind)
+        self.masks: list[list | None] = []
+        self.rejected: list[Rejection] = []
+        self.truncated = 0
+
+    def reject(self, number: int | None, reason: str, content: Any = None) -> None:
+        rejection = Rejection(self.path, number, reason, content)
+        if not self.settings.skip_bad_records:
+            raise DataError(rejection.message())
+        self.rejected.append(rejection)
+
+    def add(self, number: int, record: Any) -> None:
+        kind = _record_kind(record)
+        if self.kind is None:
+            self.kind = kind
+        elif kind != self.kind:
+            expected = "'token_ids'" if self.kind == TOKEN_IDS_KIND else "'event_sequence' without 'token_ids'"
+            return self.reject(number, f"mixed formats: earlier records have {expected}, this one does not", record)
+
+        label, problem = _check_label(record) if isinstance(record, dict) else (-1, None)
+        if problem:
+            return self.reject(number, problem, record)
+        if kind == TOKEN_IDS_KIND:
+            ids, mask = record["token_ids"], record.get("attention_mask")
+            if not isinstance(ids, list):
+                return self.reject(number, f"'token_ids' must be a list of integers, got {type(ids).__name__}", record)
+            if mask is not None and not isinstance(mask, list):
+                return self.reject(number, f"'attention_mask' must be a list of 0/1, got {type(mask).__name__}", record)
+            if mask is not None and len(mask) != len(ids):
+                return self.reject(
+                    number, f"'token_ids' has {len(ids)} entries but 'attention_mask' has {len(mask)}", record
+                )
+            self.sequences.append(ids)
+            self.masks.append(mask)
+        else:
+            events, problem = _events_of(record)
+            if problem:
+                return self.reject(number, problem, record)
+            if not events:
+                return self.reject(number, "empty session: expected at least one event", record)
+            self.sequences.append(events)
+        self.session_ids.append(_session_id(record) if isinstance(record, dict) else "")
+        self.labels.append(label)
+        self.records.append(number)
+
+    def _drop(self, keep: np.ndarray) -> None:
+        index = np.flatnonzero(keep)
+        for name in ("session_ids", "labels", "records", "sequences", "masks"):
+            values = getattr(self, name)
+            if values:
+                setattr(self, name, [values[i] for i in index])
+
+    def _token_table(self) -> pa.Table:
+        """Vectorised checks of every token id at once; only offending records are looked at one by one."""
+        settings = self.settings
+        count = len(self.sequences)
+        keep = np.ones(count, dtype=bool)
+        reasons: dict[int, str] = {}
+
+        # Per-record type check is the slow path, so try the whole file as one Arrow array first.
+        try:
+            ids = pa.array(self.sequences, type=pa.list_(pa.int64()))
+            masks = pa.array([m if m is not None else [1] * len(s) for m, s in zip(self.masks, self.sequences)],
+                             type=pa.list_(pa.int64()))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+            for i, (sequence, mask) in enumerate(zip(self.sequences, self.masks)):
+                if any(isinstance(x, bool) or not isinstance(x, int) for x in sequence):
+                    bad = next(x for x in sequence if isinstance(x, bool) or not isinstance(x, int))
+                    reasons[i] = f"'token_ids' must hold integers, found {bad!r}"
+                elif mask is not None and any(x not in (0, 1) or isinstance(x, bool) for x in mask):
+                    bad = next(x for x in mask if x not in (0, 1) or isinstance(x, bool))
+                    reasons[i] = f"'attention_mask' must hold 0 or 1, found {bad!r}"
+            return self._retry_without(reasons)
+
+        offsets = ids.offsets.to_numpy()
+        values = ids.values.to_numpy(zero_copy_only=False)
+        mask_values = masks.values.to_numpy(zero_copy_only=False)
+        lengths = np.diff(offsets)
+        owner = np.repeat(np.arange(count), lengths)  # record index of every token
+
+        def flag(bad_tokens: np.ndarray, describe) -> None:
+            for token_index in np.flatnonzero(bad_tokens):
+                record = owner[token_index]
+                if record not in reasons:
+                    reasons[record] = describe(token_index)
+
+        flag((mask_values != 0) & (mask_values != 1),
+             lambda t: f"'attention_mask' must hold 0 or 1, found {mask_values[t]}")
+        # Padding must come last: a 1 after a 0 inside one record means a mask that is not a prefix.
+        rises = np.zeros(len(mask_values), dtype=bool)
+        rises[1:] = (mask_values[1:] > mask_values[:-1]) & (owner[1:] == owner[:-1])
+        flag(rises, lambda t: "'attention_mask' has a 1 after a 0: padding must come last")
+        real = mask_values == 1
+        flag(real & (values < 0), lambda t: f"token id {values[t]} is negative: ids must be in [0, vocab_size)")
+        flag(real & (values >= settings.vocab_size),
+             lambda t: f"token id {values[t]} is out of range: ids must be below vocab_size {settings.vocab_size}")
+        special = np.isin(values, list(SEED_SPECIAL_IDS.values()))
+        events_per_record = np.bincount(owner[real & ~special], minlength=count)
+        for record in np.flatnonzero(events_per_record == 0):
+            reasons.setdefault(record, "empty session: expected at least one event besides [CLS]/[SEP]/[PAD]")
+        if reasons:
+            return self._retry_without(reasons)
+
+        # Strip padding (the mask is a prefix of ones), then cut over-long sessions keeping the final token.
+        real_lengths = np.bincount(owner[real], minlength=count)
+        kept = values[real]
+        real_offsets = np.concatenate([[0], np.cumsum(real_lengths)])
+        too_long = np.flatnonzero(real_lengths > settings.max_seq_length)
+        if len(too_long):
+            if not settings.truncate_long_sessions:
+                return self._retry_without({i: f"session has {real_lengths[i]} tokens, more than max_seq_length "
+                                               f"{settings.max_seq_length} (--truncate_long_sessions cuts it)"
+                                            for i in too_long})
+            drop = np.zeros(len(kept), dtype=bool)
+            for record in too_long:
+                start, end = real_offsets[record], real_offsets[record + 1]
+                drop[start + settings.max_seq_length - 1: end - 1] = True  # keep the final [SEP]
+            kept = kept[~drop]
+            real_lengths = np.minimum(real_lengths, settings.max_seq_length)
+            real_offsets = np.concatenate([[0], np.cumsum(real_lengths)])
+            self.truncated += len(too_long)
+        input_ids = pa.ListArray.from_arrays(pa.array(real_offsets, pa.int32()), pa.array(kept, pa.int32()))
+        return pa.table({
+            "input_ids": input_ids,
+            "length": pa.array(real_lengths, pa.int32()),
+            "session_id": pa.array(self.session_ids, pa.string()),
+            "label": pa.array(self.labels, pa.int8()),
+            "record": pa.array(self.records, pa.int32()),
+        })
+
+    def _retry_without(self, reasons: dict[int, str]) -> pa.Table:
+        first = min(reasons)
+        if not self.settings.skip_bad_records:
+            raise DataError(f"{self.path}: record {self.records[first]}: {reasons[first]}")
+        for i in sorted(reasons):
+            self.rejected.append(Rejection(self.path, self.records[i], reasons[i],
+                                           {"token_ids": self.sequences[i], "attention_mask": self.masks[i]}))
+        keep = np.ones(len(self.sequences), dtype=bool)
+        keep[list(reasons)] = False
+        self._drop(keep)
+        return self._token_table()
+
+    def _event_table(self) -> pa.Table:
+        lengths = np.fromiter((len(s) for s in self.sequences), dtype=np.int64, count=len(self.sequences))
+        # [CLS] + events + [SEP] must fit; events are cut at tokenization, counted here for the log.
+        self.truncated += int(np.sum(lengths + 2 > self.settings.max_seq_length))
+        if not self.settings.truncate_long_sessions and self.truncated:
+            first = int(np.flatnonzero(lengths + 2 > self.settings.max_seq_length)[0])
+            raise DataError(f"{self.path}: record {self.records[first]}: session has {lengths[first]} events, more "
+                            f"than max_seq_length {self.settings.max_seq_length} - 2 ([CLS] and [SEP])")
+        return pa.table({
+            "event_ids": pa.array(self.sequences, pa.list_(pa.string())),
+            "length": pa.array(np.minimum(lengths + 2, self.settings.max_seq_length), pa.int32()),
+            "session_id": pa.array(self.session_ids, pa.string()),
+            "label": pa.array(self.labels, pa.int8()),
+            "record": pa.array(self.records, pa.int32()),
+        })
+
+    def table(self) -> pa.Table | None:
+        if not self.sequences:
+            return None
+        return self._token_table() if self.kind == TOKEN_IDS_KIND else self._event_table()
+
+
+def parse_session_file(path: str, settings: ParseSettings) -> tuple[pa.Table | None, _ShardBuilder]:
+    """Read and validate one file. Returns its Arrow table (None when it holds no usable session)."""
+    builder = _ShardBuilder(path, settings)
+    for item in iter_file_records(path, settings.skip_bad_records):
+        if isinstance(item, Rejection):
+            builder.rejected.append(item)
+        else:
+            builder.add(*item)
+    return builder.table(), builder
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The per-file Arrow cache
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _shard_key(path: str, settings: ParseSettings) -> str:
+    stat = os.stat(path)
+    identity = {
+        "version": CACHE_FORMAT_VERSION,
+        "path": os.path.abspath(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        **settings.as_dict(),
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _write_atomically(path: Path, write) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def build_shard(path: str, settings: ParseSettings, cache_root: Path, overwrite: bool = False) -> tuple[FileShard, bool]:
+    """Parse `path` into the cache unless an up-to-date shard is there. Returns (shard, whether it was parsed)."""
+    shard_dir = cache_root / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    key = _shard_key(path, settings)
+    arrow_path, meta_path = shard_dir / f"{key}.arrow", shard_dir / f"{key}.json"
+    if not overwrite and meta_path.exists() and arrow_path.exists():
+        meta = json.loads(meta_path.read_text())
+        rejected = [Rejection(**r) for r in meta.pop("rejected")]
+        return FileShard(**meta, rejected=rejected), False
+
+    table, builder = parse_session_file(path, settings)
+    if table is None:
+        table = pa.table({"input_ids": pa.array([], pa.list_(pa.int32()))})
+
+    def write_arrow(tmp: str) -> None:
+        with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=10_000)
+
+    # The Arrow file first, its metadata last: a crash in between leaves no shard that looks complete.
+    _write_atomically(arrow_path, write_arrow)
+    meta = {
+        "source": path,
+        "arrow_path": str(arrow_path),
+        "kind": builder.kind,
+        "sessions": table.num_rows,
+        "truncated": builder.truncated,
+    }
+    payload = json.dumps({**meta, "rejected": [json.loads(r.to_json()) for r in builder.rejected]})
+    _write_atomically(meta_path, lambda tmp: Path(tmp).write_text(payload))
+    return FileShard(**meta, rejected=builder.rejected), True
+
+
+def _build_shard_star(arguments):
+    return build_shard(*arguments)
+
+
+def build_shards(files: list[str], settings: ParseSettings, cache_root: Path, overwrite: bool = False,
+                 num_workers: int | None = None) -> tuple[list[FileShard], int]:
+    """Parse (or reuse) one shard per file, one file in memory at a time per worker. Returns (shards, parsed)."""
+    jobs = [(path, settings, cache_root, overwrite) for path in files]
+    if num_workers and num_workers > 1 and len(files) > 1:
+        with get_context("spawn").Pool(min(num_workers, len(files))) as pool:
+            results = pool.map(_build_shard_star, jobs, chunksize=1)
+    else:
+        results = [build_shard(*job) for job in jobs]
+    return [shard for shard, _ in results], sum(parsed for _, parsed in results)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The corpus: shards -> train / validation datasets
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SessionCorpus:
+    """Validated sessions, before tokenization. `kind` says whether they carry token ids or event IDs."""
+
+    train: Dataset
+    validation: Dataset | None
+    kind: str
+    train_files: list[str]
+    validation_files: list[str]
+    rejected: list[Rejection]
+    truncated: int
+    parsed_files: int
+    cache_key: str
+
+    def summary(self) -> dict[str, Any]:
+        lengths = np.asarray(self.train["length"]) if len(self.train) else np.zeros(1)
+        return {
+            "kind": self.kind,
+            "train_files": len(self.train_files),
+            "validation_files": len(self.validation_files),
+            "train_sessions": len(self.train),
+            "validation_sessions": len(self.validation) if self.validation is not None else 0,
+            "rejected_records": len(self.rejected),
+            "truncated_sessions": self.truncated,
+            "length_mean": float(lengths.mean()),
+            "length_p50": float(np.percentile(lengths, 50)),
+            "length_p95": float(np.percentile(lengths, 95)),
+            "length_max": int(lengths.max()),
+        }
+
+
+def _datasets_of(shards: list[FileShard]) -> Dataset | None:
+    parts = [Dataset.from_file(s.arrow_path) for s in shards if s.sessions]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _corpus_kind(shards: list[FileShard]) -> str:
+    kinds = {s.kind for s in shards if s.kind}
+    if len(kinds) > 1:
+        by_kind = {kind: next(s.source for s in shards if s.kind == kind) for kind in kinds}
+        raise DataError(
+            "the files mix formats: " + "; ".join(f"{path} has {kind}" for kind, path in by_kind.items())
+            + ". Use files with 'token_ids' throughout, or event IDs throughout."
+        )
+    if not kinds:
+        raise DataError("no usable session in: " + ", ".join(s.source for s in shards))
+    return kinds.pop()
+
+
+def load_corpus(data_args: DataArguments, vocab_size: int, seed: int) -> SessionCorpus:
+    """Files -> validated, cached sessions split into train and validation.
+
+    A second call over unchanged files reuses the Arrow cache without parsing; a changed or added file, or a
+    changed setting that affects parsing, re-parses only that file.
+    """
+    train_files, validation_files = resolve_data_files(data_args)
+    settings = ParseSettings(vocab_size, data_args.max_seq_length, data_args.truncate_long_sessions,
+                             data_args.skip_bad_records)
+    cache_root = data_args.cache_root()
+    all_files = train_files + validation_files
+    shards, parsed = build_shards(all_files, settings, cache_root, data_args.overwrite_cache,
+                                  data_args.preprocessing_num_workers)
+    logger.info("Session files: %d (%d parsed, %d from the Arrow cache in %s)", len(all_files), parsed,
+                len(all_files) - parsed, cache_root)
+    kind = _corpus_kind(shards)
+    train_shards, validation_shards = shards[: len(train_files)], shards[len(train_files):]
+
+    if validation_shards:
+        validation = _datasets_of(validation_shards)
+    elif data_args.validation_split_percentage > 0 and data_args.validation_split == "chronological" \
+            and len(train_shards) > 1:
+        # Whole files at the end of the (name = time) order, so no future session leaks into training.
+        count = max(1, math.ceil(len(train_shards) * data_args.validation_split_percentage / 100))
+        count = min(count, len(train_shards) - 1)
+        train_shards, validation_shards = train_shards[:-count], train_shards[-count:]
+        validation = _datasets_of(validation_shards)
+    else:
+        validation = None
+    train = _datasets_of(train_shards)
+    if train is None:
+        raise DataError("no usable training session in: " + ", ".join(s.source for s in train_shards))
+
+    split = "files"
+    if validation is None and data_args.validation_split_percentage > 0:
+        fraction = data_args.validation_split_percentage / 100
+        if data_args.validation_split == "chronological":  # one file: its last sessions
+            cut = len(train) - max(1, round(len(train) * fraction))
+            train, validation = train.select(range(cut)), train.select(range(cut, len(train)))
+            split = f"chronological-{fraction}"
+        else:
+            parts = train.train_test_split(test_size=fraction, seed=seed, shuffle=True)
+            train, validation = parts["train"], parts["test"]
+            split = f"random-{fraction}-{seed}"
+    if data_args.max_train_samples is not None:
+        train = train.select(range(min(len(train), data_args.max_train_samples)))
+    if validation is not None and data_args.max_eval_samples is not None:
+        validation = validation.select(range(min(len(validation), data_args.max_eval_samples)))
+
+    key_material = json.dumps({
+        "train": [Path(s.arrow_path).stem for s in train_shards],
+        "validation": [Path(s.arrow_path).stem for s in validation_shards],
+        "split": split, "max_train": data_args.max_train_samples, "max_eval": data_args.max_eval_samples,
+    })
+    rejected = [r for s in shards for r in s.rejected]
+    return SessionCorpus(
+        train=train,
+        validation=validation,
+        kind=kind,
+        train_files=[s.source for s in train_shards],
+        validation_files=[s.source for s in validation_shards],
+        rejected=rejected,
+        truncated=sum(s.truncated for s in shards),
+        parsed_files=parsed,
+        cache_key=hashlib.sha256(key_material.encode()).hexdigest()[:24],
+    )
+
+
+def write_rejections(rejected: list[Rejection], output_dir: str) -> str | None:
+    """Quarantine: every skipped record with its reason, one JSON object per line."""
+    if not rejected:
+        return None
+    path = os.path.join(output_dir, REJECTED_RECORDS_FILE)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as handle:
+        for rejection in rejected:
+            handle.write(rejection.to_json() + "\n")
+    return path
+
+
+def tokenize_events(dataset: Dataset, tokenizer, max_seq_length: int, cache_file: Path | None = None,
+                    overwrite: bool = False) -> Dataset:
+    """Event-ID sessions -> `input_ids` ([CLS] events [SEP], cut to `max_seq_length`) and `length`."""
+    vocab = tokenizer.get_vocab()
+    unk, cls, sep = tokenizer.unk_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id
+    keep = max_seq_length - 2
+
+    def encode(batch: dict[str, list]) -> dict[str, list]:
+        input_ids = [[cls, *(vocab.get(event, unk) for event in events[:keep]), sep] for events in batch["event_ids"]]
+        return {"input_ids": input_ids, "length": [len(ids) for ids in input_ids]}
+
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+    return dataset.map(
+        encode,
+        batched=True,
+        batch_size=10_000,
+        remove_columns=[c for c in dataset.column_names if c not in ("label", "session_id")],
+        cache_file_name=str(cache_file) if cache_file else None,
+        load_from_cache_file=not overwrite,
+        desc="Encoding event IDs",
+    )
+
+
+def model_inputs(dataset: Dataset) -> Dataset:
+    """Only what the collator and the length-grouped sampler read."""
+    return dataset.select_columns(["input_ids", "length"])

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Train LogBERT (a BERT masked-language model) on log sessions with the Hugging Face Trainer.
+
+    python run_mlm_logs.py --config configs/logbert-base.yaml --data-dir DIR --output-dir OUT
+    accelerate launch run_mlm_logs.py --config configs/logbert-base.yaml --data-dir DIR --output-dir OUT
+
+With no data flag it trains on the bundled HDFS sample. Reads like transformers' run_mlm.py: parse arguments,
+build tokenizer -> datasets -> model -> Trainer, then train and evaluate.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+
+import numpy as np
+import pyarrow.compute as pc
+import transformers
+from transformers import Trainer, set_seed
+
+from logbert.callbacks import BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError
+from logbert.collator import build_collator, mask_for_evaluation
+from logbert.config import ConfigError, parse_args, resolved_config
+from logbert.data import (EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections)
+from logbert.export import find_latest_checkpoint, save_model_folder
+from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
+from logbert.model import build_model
+from logbert.tokenizer import (build_event_tokenizer, build_token_id_tokenizer, count_events, never_masked_ids,
+                               vocabulary_fingerprint)
+
+logger = logging.getLogger("run_mlm_logs")
+
+
+def most_frequent_event_id(dataset, tokenizer) -> int | None:
+    """The most frequent maskable token id in the training data: the baseline a useful model must beat."""
+    ids = pc.list_flatten(dataset.with_format("arrow")[:]["input_ids"])
+    counts = pc.value_counts(ids)
+    values = np.asarray(counts.field("values"))
+    frequency = np.array(counts.field("counts"))
+    frequency[np.isin(values, never_masked_ids(tokenizer))] = 0
+    return int(values[frequency.argmax()]) if len(values) else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    model_args, data_args, training_args, config_path = parse_args(argv)
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.info("Config %s\n%s", config_path or "(defaults)", resolved_config(model_args, data_args, training_args))
+    set_seed(training_args.seed)
+
+    # ---- Data: files -> Arrow-cached sessions -> vocabulary -> input_ids -------------------------------------------
+    with training_args.main_process_first(desc="building the Arrow cache"):
+        corpus = load_corpus(data_args, model_args.vocab_size, training_args.seed)
+        if corpus.kind == EVENTS_KIND:
+            if model_args.model_name_or_path:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+            else:
+                tokenizer = build_event_tokenizer(count_events(corpus.train), data_args.min_event_frequency)
+            cache = data_args.cache_root() / "encoded"
+            key = f"{corpus.cache_key}-{vocabulary_fingerprint(tokenizer)}-{data_args.max_seq_length}"
+            train_dataset = tokenize_events(corpus.train, tokenizer, data_args.max_seq_length,
+                                            cache / f"{key}-train.arrow", data_args.overwrite_cache)
+            eval_dataset = corpus.validation and tokenize_events(
+                corpus.validation, tokenizer, data_args.max_seq_length, cache / f"{key}-validation.arrow",
+                data_args.overwrite_cache)
+        else:
+            tokenizer = build_token_id_tokenizer(model_args.vocab_size)
+            train_dataset, eval_dataset = corpus.train, corpus.validation
+    data_summary = corpus.summary()
+    logger.info("Data: %s", data_summary)
+    if corpus.truncated:
+        logger.warning("%d sessions were longer than max_seq_length %d and were truncated.", corpus.truncated,
+                       data_args.max_seq_length)
+    if corpus.rejected and training_args.should_save:
+        path = write_rejections(corpus.rejected, training_args.output_dir)
+        logger.warning("%d bad records were skipped; each is in %s with its reason.", len(corpus.rejected), path)
+
+    # ---- Model ------------------------------------------------------------------------------------------------------
+    model = build_model(model_args, tokenizer, corpus.kind)
+    training_config = resolved_config(model_args, data_args, training_args)
+
+    def export(model_to_save, subdirectory: str | None, metrics: dict | None = None) -> None:
+        directory = os.path.join(training_args.output_dir, subdirectory) if subdirectory else training_args.output_dir
+        save_model_folder(model_to_save, tokenizer, directory, training_config, metrics, data_summary)
+
+    # ---- Trainer ----------------------------------------------------------------------------------------------------
+    do_eval = eval_dataset is not None and len(eval_dataset) > 0
+    if not do_eval:
+        training_args.eval_strategy = "no"
+    max_k = max(training_args.top_k)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=model_inputs(train_dataset),
+        eval_dataset=mask_for_evaluation(model_inputs(eval_dataset), tokenizer, data_args, training_args.seed)
+        if do_eval else None,
+        processing_class=tokenizer,
+        data_collator=build_collator(tokenizer, data_args),
+        compute_metrics=build_compute_metrics(training_args.top_k, most_frequent_event_id(train_dataset, tokenizer)),
+        preprocess_logits_for_metrics=lambda logits, labels: preprocess_logits_for_metrics(logits, labels, max_k),
+        callbacks=[BestModelExportCallback(export), NonFiniteLossCallback(training_args.nan_loss_patience),
+                   GracefulStopCallback()],
+    )
+    stopper = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GracefulStopCallback))
+
+    # ---- Train ------------------------------------------------------------------------------------------------------
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint
+        if checkpoint in ("latest", "true", "True"):
+            checkpoint = find_latest_checkpoint(training_args.output_dir)
+            if checkpoint is None:
+                logger.warning("--resume_from_checkpoint: no complete checkpoint in %s; starting from scratch.",
+                               training_args.output_dir)
+        if checkpoint:
+            logger.info("Resuming from %s", checkpoint)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        if stopper.received is not None:
+            logger.warning("Stopped by SIGTERM at step %d; resume with --resume_from_checkpoint.",
+                           trainer.state.global_step)
+            return 0
+        metrics = dict(train_result.metrics, train_samples=len(train_dataset))
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    # ---- Evaluate ---------------------------------------------------------------------------------------------------
+    eval_metrics = None
+    if do_eval:
+        eval_metrics = trainer.evaluate()
+        eval_metrics["eval_samples"] = len(eval_dataset)
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+    if trainer.is_world_process_zero():
+        export(trainer.model, None, eval_metrics)
+        logger.info("Final model in %s; best model (by eval loss) in %s", training_args.output_dir,
+                    os.path.join(training_args.output_dir, "best_model"))
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Console entry point: input and configuration errors are reported in one line, not as a traceback."""
+    try:
+        return main(argv)
+    except (ConfigError, DataError, NonFiniteLossError) as error:
+        logger.error("%s", error)
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
