@@ -22,6 +22,7 @@ from transformers import Trainer, set_seed
 
 from logbert.callbacks import BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError
 from logbert.collator import build_collator, mask_for_evaluation
+from logbert.end_of_session import EndOfSessionCollator
 from logbert.config import ConfigError, parse_args, resolved_config
 from logbert.data import (EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections)
 from logbert.export import find_latest_checkpoint, save_model_folder
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=mask_for_evaluation(model_inputs(eval_dataset), tokenizer, data_args, training_args.seed)
         if do_eval else None,
         processing_class=tokenizer,
-        data_collator=build_collator(tokenizer, data_args),
+        data_collator=EndOfSessionCollator(build_collator(tokenizer, data_args), data_args.end_of_session_probability)
+        if data_args.end_of_session_probability > 0 else build_collator(tokenizer, data_args),
         compute_metrics=build_compute_metrics(training_args.top_k, most_frequent_event_id(train_dataset, tokenizer)),
         preprocess_logits_for_metrics=lambda logits, labels: preprocess_logits_for_metrics(logits, labels, max_k),
         callbacks=[BestModelExportCallback(export), NonFiniteLossCallback(training_args.nan_loss_patience),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DataCollatorForLanguageModeling
 
-from .tokenizer import never_masked_ids
+from .tokenizer import never_masked_ids, vocabulary_fingerprint
 
 
 @dataclass
@@ -17,12 +18,15 @@ class LogSessionCollator(DataCollatorForLanguageModeling):
     - The tokens never masked ([CLS], [SEP], [PAD]) are found with one tensor comparison instead of the
       tokenizer's per-session Python loop, which dominated collation time.
     - Columns that are not model inputs (`length`, read by the length-grouped sampler) are dropped.
+    - The "random token" of the 10% random replacements is never [CLS], [SEP] or [PAD]: a frame token in the
+      middle of a session is not a plausible event, and [PAD] there would contradict the attention mask.
     Everything else (the 80/10/10 split, dynamic padding to a multiple of 8, the seeded generator) is the
     Hugging Face collator's.
     """
 
     input_columns: tuple[str, ...] = ("input_ids",)
     _never_masked: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _replacement_ids: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def torch_call(self, examples):
         if "labels" in examples[0]:  # masked once, ahead of time (evaluation): pad only
@@ -40,11 +44,20 @@ class LogSessionCollator(DataCollatorForLanguageModeling):
         return batch
 
     def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
+        if self._never_masked is None:
+            self._never_masked = torch.tensor(never_masked_ids(self.tokenizer))
+            everything = torch.arange(len(self.tokenizer))
+            self._replacement_ids = everything[~torch.isin(everything, self._never_masked)]
         if special_tokens_mask is None:
-            if self._never_masked is None:
-                self._never_masked = torch.tensor(never_masked_ids(self.tokenizer))
             special_tokens_mask = torch.isin(inputs, self._never_masked)
-        return super().torch_mask_tokens(inputs, special_tokens_mask, offset_mapping)
+        inputs, labels = super().torch_mask_tokens(inputs, special_tokens_mask, offset_mapping)
+        # A masked position never held a frame token, so one there now is a random replacement that drew it:
+        # draw again among the other ids (uniform over them, as if drawn there in the first place).
+        redraw = (labels != -100) & torch.isin(inputs, self._never_masked)
+        if redraw.any():
+            picks = torch.randint(len(self._replacement_ids), (int(redraw.sum()),), generator=self.generator)
+            inputs[redraw] = self._replacement_ids[picks].to(inputs.dtype)
+        return inputs, labels
 
 
 def build_collator(tokenizer, data_args, seed: int | None = None) -> LogSessionCollator:
@@ -77,4 +90,11 @@ def mask_for_evaluation(dataset, tokenizer, data_args, seed: int):
 
     collator.create_rng()
     return dataset.map(mask, batched=True, remove_columns=dataset.column_names, desc="Masking evaluation sessions",
-                       new_fingerprint=f"{dataset._fingerprint}-masked-{seed}-{data_args.mlm_probability}")
+                       new_fingerprint=_masking_fingerprint(dataset, tokenizer, data_args, seed))
+
+
+def _masking_fingerprint(dataset, tokenizer, data_args, seed: int) -> str:
+    # Every setting that changes the masks is in it, or a cached masking done with other settings is reused.
+    settings = (dataset._fingerprint, seed, data_args.mlm_probability, data_args.mask_replace_prob,
+                data_args.random_replace_prob, vocabulary_fingerprint(tokenizer))
+    return "masked-" + hashlib.sha256(repr(settings).encode()).hexdigest()[:32]

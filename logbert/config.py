@@ -124,6 +124,11 @@ class DataArguments:
     random_replace_prob: float = field(
         default=0.1, metadata={"help": "Of the masked tokens, share replaced by a random event (the rest is kept)."}
     )
+    end_of_session_probability: float = field(
+        default=0.5,
+        metadata={"help": "Share of training sessions whose end is a masked slot to predict ([SEP] or the next event); "
+                  "teaches the model where sessions end, which per-event masking cannot. 0 turns it off."},
+    )
     pad_to_multiple_of: int = field(default=8, metadata={"help": "Dynamic padding length multiple."})
     min_event_frequency: int = field(
         default=1, metadata={"help": "Events seen fewer times in training map to [UNK] in the vocabulary."}

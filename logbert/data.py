@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import glob
 import hashlib
 import json
@@ -32,6 +33,7 @@ TOKEN_IDS_KIND = "token_ids"
 EVENTS_KIND = "events"
 REJECTED_RECORDS_FILE = "rejected_records.jsonl"
 SESSION_LIST_KEYS = ("sessions", "data", "records", "logs")
+SESSION_ID_KEYS = ("session_id", "block_id", "BlockId", "id")
 LABEL_NAMES = {"normal": 0, "anomaly": 1, "anomalous": 1, "abnormal": 1}
 JSON_SUFFIXES = (".json",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
@@ -169,11 +171,14 @@ def _line_of_offset(data: bytes, offset: int) -> int:
 def iter_file_records(path: str, skip_bad_records: bool) -> Iterator[tuple[int, Any] | Rejection]:
     """Yield (record number, record) for every session in a file, or a Rejection for what cannot be read.
 
-    Records are dicts (JSON formats) or lists of event-ID strings (text format). Errors that make the whole
-    file unreadable are raised as DataError unless `skip_bad_records`, where they become one Rejection.
+    Records are parsed JSON values (JSON formats) or tuples of event-ID strings (text format). Errors that make
+    the whole file unreadable are raised as DataError unless `skip_bad_records`, where they become one Rejection.
     """
     with open(path, "rb") as handle:
         data = handle.read()
+    # Editors on Windows write a byte-order mark; json.loads refuses it, and it is not part of any record.
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
     fmt = _file_format(path, data[:4096])
 
     def fail(reason: str, record: int | None = None, content: Any = None) -> Rejection:
@@ -191,7 +196,8 @@ def iter_file_records(path: str, skip_bad_records: bool) -> Iterator[tuple[int, 
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
             line = _line_of_offset(data, error.start)
-            yield fail(f"line {line}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start})")
+            yield fail(f"line {line}: not UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}): "
+                       "expected UTF-8 text")
             return
         try:
             document = json.loads(text)
@@ -237,11 +243,12 @@ def _iter_lines(path: str, data: bytes, fail, parse_json: bool) -> Iterator[tupl
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as error:
-            yield fail(f"line {number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1})",
-                       number, raw)
+            yield fail(f"line {number}: not UTF-8 (byte 0x{raw[error.start]:02x} at column {error.start + 1}): "
+                       "expected UTF-8 text", number, raw)
             continue
         if not parse_json:
-            yield number, line.split()
+            # A tuple marks a text line, so that a JSON list (not a session object) is never taken for one.
+            yield number, tuple(line.split())
             continue
         try:
             yield number, json.loads(line)
@@ -254,10 +261,16 @@ def _iter_lines(path: str, data: bytes, fail, parse_json: bool) -> Iterator[tupl
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _record_kind(record: Any) -> str:
-    if isinstance(record, dict) and "token_ids" in record:
-        return TOKEN_IDS_KIND
-    return EVENTS_KIND
+def _record_kind(record: Any) -> str | None:
+    """TOKEN_IDS_KIND, EVENTS_KIND, or None for a record that is neither (it is rejected, and decides nothing)."""
+    if isinstance(record, tuple):  # a line of the event-ID text format
+        return EVENTS_KIND
+    if isinstance(record, dict):
+        if "token_ids" in record:
+            return TOKEN_IDS_KIND
+        if "event_sequence" in record or "event_ids" in record:
+            return EVENTS_KIND
+    return None
 
 
 def _check_label(record: dict) -> tuple[int, str | None]:
@@ -273,22 +286,25 @@ def _check_label(record: dict) -> tuple[int, str | None]:
     return -1, f"'label' must be 0/1, true/false or normal/anomaly, got {label!r}"
 
 
-def _session_id(record: dict) -> str:
-    for key in ("session_id", "block_id", "BlockId", "id"):
-        if key in record and record[key] is not None:
-            return str(record[key])
-    return ""
+def _session_id(record: dict) -> tuple[str, str | None]:
+    """The record's session id ("" when it has none), or a problem with it."""
+    for key in SESSION_ID_KEYS:
+        value = record.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            return "", f"'{key}' must be a string or an integer, got {type(value).__name__}"
+        return str(value), None
+    return "", None
 
 
-def _events_of(record: Any) -> tuple[list[str] | None, str | None]:
+def _events_of(record: tuple | dict) -> tuple[list[str] | None, str | None]:
     """Event IDs of a text line or of a JSON record's `event_sequence`, as strings."""
-    if isinstance(record, list):  # a text line, already split
-        return record, None
-    if not isinstance(record, dict):
-        return None, f"expected a session object, got {type(record).__name__}"
+    if isinstance(record, tuple):  # a text line, already split
+        return list(record), None
     events = record.get("event_sequence", record.get("event_ids"))
     if events is None:
-        return None, "missing field 'event_sequence' (or 'token_ids')"
+        return None, "'event_sequence' is null: expected a list of event IDs"
     if isinstance(events, str):
         events = events.split()
     if not isinstance(events, list):
@@ -302,13 +318,36 @@ def _events_of(record: Any) -> tuple[list[str] | None, str | None]:
     return normalised, None
 
 
+def _is_int64(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and -2**63 <= value < 2**63
+
+
+def _integer_lists(lists: list[list]) -> pa.ListArray | None:
+    """`lists` as one Arrow list<int64> array, or None when any entry is not an integer.
+
+    Arrow's own conversion to int64 would accept (and silently truncate) 1.5, and turn null into a missing
+    value; letting Arrow infer the type and checking it catches both without a Python loop per token.
+    """
+    try:
+        array = pa.array(lists)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        return None
+    if len(array) == 0:
+        return pa.array([], pa.list_(pa.int64()))
+    if not pa.types.is_list(array.type) or array.values.null_count:
+        return None
+    if pa.types.is_null(array.type.value_type):  # every list empty
+        return array.cast(pa.list_(pa.int64()))
+    return array if array.type.value_type == pa.int64() else None
+
+
 class _ShardBuilder:
     """Collects the valid records of one file into columns, and the invalid ones as Rejections."""
 
     def __init__(self, path: str, settings: ParseSettings):
         self.path = path
         self.settings = settings
-        self.kind: str | None = None
+        self.kind: str | None = None  # set by the first valid record: one bad first record must not decide it
         self.session_ids: list[str] = []
         self.labels: list[int] = []
         self.records: list[int] = []
@@ -325,15 +364,24 @@ class _ShardBuilder:
 
     def add(self, number: int, record: Any) -> None:
         kind = _record_kind(record)
-        if self.kind is None:
-            self.kind = kind
-        elif kind != self.kind:
+        if kind is None:
+            if isinstance(record, dict):
+                return self.reject(number, "missing field: expected 'token_ids' or 'event_sequence'", record)
+            return self.reject(
+                number, f"expected a session object with 'token_ids' or 'event_sequence', got {type(record).__name__}",
+                record)
+        if self.kind is not None and kind != self.kind:
             expected = "'token_ids'" if self.kind == TOKEN_IDS_KIND else "'event_sequence' without 'token_ids'"
             return self.reject(number, f"mixed formats: earlier records have {expected}, this one does not", record)
 
-        label, problem = _check_label(record) if isinstance(record, dict) else (-1, None)
-        if problem:
-            return self.reject(number, problem, record)
+        label, session_id = -1, ""
+        if isinstance(record, dict):
+            label, problem = _check_label(record)
+            if problem:
+                return self.reject(number, problem, record)
+            session_id, problem = _session_id(record)
+            if problem:
+                return self.reject(number, problem, record)
         if kind == TOKEN_IDS_KIND:
             ids, mask = record["token_ids"], record.get("attention_mask")
             if not isinstance(ids, list):
@@ -342,7 +390,8 @@ class _ShardBuilder:
                 return self.reject(number, f"'attention_mask' must be a list of 0/1, got {type(mask).__name__}", record)
             if mask is not None and len(mask) != len(ids):
                 return self.reject(
-                    number, f"'token_ids' has {len(ids)} entries but 'attention_mask' has {len(mask)}", record
+                    number, f"'token_ids' has {len(ids)} entries but 'attention_mask' has {len(mask)}: "
+                    "expected the same length", record
                 )
             self.sequences.append(ids)
             self.masks.append(mask)
@@ -353,7 +402,8 @@ class _ShardBuilder:
             if not events:
                 return self.reject(number, "empty session: expected at least one event", record)
             self.sequences.append(events)
-        self.session_ids.append(_session_id(record) if isinstance(record, dict) else "")
+        self.kind = kind
+        self.session_ids.append(session_id)
         self.labels.append(label)
         self.records.append(number)
 
@@ -372,19 +422,18 @@ class _ShardBuilder:
         reasons: dict[int, str] = {}
 
         # Per-record type check is the slow path, so try the whole file as one Arrow array first.
-        try:
-            ids = pa.array(self.sequences, type=pa.list_(pa.int64()))
-            masks = pa.array([m if m is not None else [1] * len(s) for m, s in zip(self.masks, self.sequences)],
-                             type=pa.list_(pa.int64()))
-        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
+        ids = _integer_lists(self.sequences)
+        masks = _integer_lists([m if m is not None else [1] * len(s) for m, s in zip(self.masks, self.sequences)])
+        if ids is None or masks is None:
             for i, (sequence, mask) in enumerate(zip(self.sequences, self.masks)):
-                if any(isinstance(x, bool) or not isinstance(x, int) for x in sequence):
-                    bad = next(x for x in sequence if isinstance(x, bool) or not isinstance(x, int))
-                    reasons[i] = f"'token_ids' must hold integers, found {bad!r}"
-                elif mask is not None and any(x not in (0, 1) or isinstance(x, bool) for x in mask):
-                    bad = next(x for x in mask if x not in (0, 1) or isinstance(x, bool))
-                    reasons[i] = f"'attention_mask' must hold 0 or 1, found {bad!r}"
-            return self._retry_without(reasons)
+                bad = [x for x in sequence if not _is_int64(x)]
+                if bad:
+                    reasons[i] = f"'token_ids' must hold integers in [0, vocab_size), found {bad[0]!r}"
+                    continue
+                bad = [x for x in mask or () if not _is_int64(x) or x not in (0, 1)]
+                if bad:
+                    reasons[i] = f"'attention_mask' must hold 0 or 1, found {bad[0]!r}"
+            return self._reject_records(reasons, self._token_table)
 
         offsets = ids.offsets.to_numpy()
         values = ids.values.to_numpy(zero_copy_only=False)
@@ -413,7 +462,7 @@ class _ShardBuilder:
         for record in np.flatnonzero(events_per_record == 0):
             reasons.setdefault(record, "empty session: expected at least one event besides [CLS]/[SEP]/[PAD]")
         if reasons:
-            return self._retry_without(reasons)
+            return self._reject_records(reasons, self._token_table)
 
         # Strip padding (the mask is a prefix of ones), then cut over-long sessions keeping the final token.
         real_lengths = np.bincount(owner[real], minlength=count)
@@ -422,9 +471,9 @@ class _ShardBuilder:
         too_long = np.flatnonzero(real_lengths > settings.max_seq_length)
         if len(too_long):
             if not settings.truncate_long_sessions:
-                return self._retry_without({i: f"session has {real_lengths[i]} tokens, more than max_seq_length "
-                                               f"{settings.max_seq_length} (--truncate_long_sessions cuts it)"
-                                            for i in too_long})
+                return self._reject_records({i: f"session has {real_lengths[i]} tokens, more than max_seq_length "
+                                                f"{settings.max_seq_length} (--truncate_long_sessions cuts it)"
+                                             for i in too_long}, self._token_table)
             drop = np.zeros(len(kept), dtype=bool)
             for record in too_long:
                 start, end = real_offsets[record], real_offsets[record + 1]
@@ -442,29 +491,37 @@ class _ShardBuilder:
             "record": pa.array(self.records, pa.int32()),
         })
 
-    def _retry_without(self, reasons: dict[int, str]) -> pa.Table:
+    def _reject_records(self, reasons: dict[int, str], rebuild) -> pa.Table:
+        """Raise for the first bad record, or (skip_bad_records) quarantine them all and build the rest."""
         first = min(reasons)
         if not self.settings.skip_bad_records:
             raise DataError(f"{self.path}: record {self.records[first]}: {reasons[first]}")
         for i in sorted(reasons):
-            self.rejected.append(Rejection(self.path, self.records[i], reasons[i],
-                                           {"token_ids": self.sequences[i], "attention_mask": self.masks[i]}))
+            content = ({"token_ids": self.sequences[i], "attention_mask": self.masks[i]} if self.kind == TOKEN_IDS_KIND
+                       else {"event_sequence": self.sequences[i]})
+            self.rejected.append(Rejection(self.path, self.records[i], reasons[i], content))
         keep = np.ones(len(self.sequences), dtype=bool)
         keep[list(reasons)] = False
         self._drop(keep)
-        return self._token_table()
+        return rebuild()
 
     def _event_table(self) -> pa.Table:
+        limit = self.settings.max_seq_length - 2  # [CLS] and [SEP] take two of the positions
         lengths = np.fromiter((len(s) for s in self.sequences), dtype=np.int64, count=len(self.sequences))
-        # [CLS] + events + [SEP] must fit; events are cut at tokenization, counted here for the log.
-        self.truncated += int(np.sum(lengths + 2 > self.settings.max_seq_length))
-        if not self.settings.truncate_long_sessions and self.truncated:
-            first = int(np.flatnonzero(lengths + 2 > self.settings.max_seq_length)[0])
-            raise DataError(f"{self.path}: record {self.records[first]}: session has {lengths[first]} events, more "
-                            f"than max_seq_length {self.settings.max_seq_length} - 2 ([CLS] and [SEP])")
+        too_long = np.flatnonzero(lengths > limit)
+        if len(too_long) and not self.settings.truncate_long_sessions:
+            return self._reject_records(
+                {int(i): f"session has {lengths[i]} events, more than max_seq_length {self.settings.max_seq_length}"
+                         " - 2 ([CLS] and [SEP]) (--truncate_long_sessions cuts it)" for i in too_long},
+                self._event_table)
+        # Cut here rather than only at tokenization: the vocabulary is then counted on the events the model sees,
+        # and a 100,000-event session costs the cache no more than a short one.
+        for i in too_long:
+            self.sequences[i] = self.sequences[i][:limit]
+        self.truncated += len(too_long)
         return pa.table({
             "event_ids": pa.array(self.sequences, pa.list_(pa.string())),
-            "length": pa.array(np.minimum(lengths + 2, self.settings.max_seq_length), pa.int32()),
+            "length": pa.array(np.minimum(lengths, limit) + 2, pa.int32()),
             "session_id": pa.array(self.session_ids, pa.string()),
             "label": pa.array(self.labels, pa.int8()),
             "record": pa.array(self.records, pa.int32()),
@@ -600,11 +657,69 @@ class SessionCorpus:
         }
 
 
-def _datasets_of(shards: list[FileShard]) -> Dataset | None:
-    parts = [Dataset.from_file(s.arrow_path) for s in shards if s.sessions]
+def _datasets_of(shards: list[FileShard], dropped: dict[str, np.ndarray] | None = None) -> Dataset | None:
+    """One dataset over the shards' Arrow files, without the rows in `dropped` (arrow path -> row indices)."""
+    parts = []
+    for shard in shards:
+        if not shard.sessions:
+            continue
+        part = Dataset.from_file(shard.arrow_path)
+        if dropped and shard.arrow_path in dropped:
+            part = part.select(np.setdiff1d(np.arange(len(part)), dropped[shard.arrow_path]))
+        if len(part):
+            parts.append(part)
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _read_shard_columns(shard: FileShard, columns: list[str]) -> pa.Table:
+    with pa.memory_map(shard.arrow_path) as source:
+        return pa.ipc.open_stream(source).read_all().select(columns)
+
+
+def find_duplicate_sessions(shards: list[FileShard], skip_bad_records: bool) -> tuple[dict[str, np.ndarray],
+                                                                                      list[Rejection]]:
+    """The same non-empty session_id twice in the corpus (one file or two) is an error naming both places.
+
+    A duplicated session would be trained on twice, or sit in both training and validation and inflate the
+    validation score. With `skip_bad_records` the first occurrence (in file order, then record order) is kept
+    and the later ones are rejected. Returns ({arrow path: row indices to drop}, rejections).
+    """
+    parts = []
+    for index, shard in enumerate(shards):
+        if not shard.sessions:
+            continue
+        table = _read_shard_columns(shard, ["session_id", "record"])
+        parts.append(table.append_column("shard", pa.array(np.full(len(table), index, np.int32)))
+                     .append_column("row", pa.array(np.arange(len(table), dtype=np.int64))))
+    if not parts:
+        return {}, []
+    table = pa.concat_tables(parts)
+    table = table.filter(pc.not_equal(table["session_id"], ""))
+    counts = table.group_by("session_id").aggregate([("row", "count")])
+    repeated = counts.filter(pc.greater(counts["row_count"], 1))["session_id"]
+    if not len(repeated):
+        return {}, []
+
+    first_seen: dict[str, tuple[str, int]] = {}
+    dropped: dict[str, list[int]] = {}
+    rejected = []
+    # filter() keeps the order of the concatenation: file order, then record order.
+    for row in table.filter(pc.is_in(table["session_id"], value_set=repeated)).to_pylist():
+        shard = shards[row["shard"]]
+        session_id = row["session_id"]
+        if session_id not in first_seen:
+            first_seen[session_id] = (shard.source, row["record"])
+            continue
+        first_file, first_record = first_seen[session_id]
+        reason = f"duplicate session_id {session_id!r}: already used by {first_file}: record {first_record}"
+        rejection = Rejection(shard.source, row["record"], reason, {"session_id": session_id})
+        if not skip_bad_records:
+            raise DataError(rejection.message())
+        rejected.append(rejection)
+        dropped.setdefault(shard.arrow_path, []).append(row["row"])
+    return {path: np.asarray(rows) for path, rows in dropped.items()}, rejected
 
 
 def _corpus_kind(shards: list[FileShard]) -> str:
@@ -624,9 +739,13 @@ def load_corpus(data_args: DataArguments, vocab_size: int, seed: int) -> Session
     """Files -> validated, cached sessions split into train and validation.
 
     A second call over unchanged files reuses the Arrow cache without parsing; a changed or added file, or a
-    changed setting that affects parsing, re-parses only that file.
+    changed setting that affects parsing, re-parses only that file. Session ids are checked for duplicates across
+    all files (train and validation) on every call: that check reads only the cached `session_id` columns.
     """
     train_files, validation_files = resolve_data_files(data_args)
+    if data_args.max_seq_length < 3:
+        raise DataError(f"--max_seq_length {data_args.max_seq_length} is too short: a session needs [CLS], at least "
+                        "one event and [SEP]")
     settings = ParseSettings(vocab_size, data_args.max_seq_length, data_args.truncate_long_sessions,
                              data_args.skip_bad_records)
     cache_root = data_args.cache_root()
@@ -636,32 +755,38 @@ def load_corpus(data_args: DataArguments, vocab_size: int, seed: int) -> Session
     logger.info("Session files: %d (%d parsed, %d from the Arrow cache in %s)", len(all_files), parsed,
                 len(all_files) - parsed, cache_root)
     kind = _corpus_kind(shards)
+    dropped, duplicates = find_duplicate_sessions(shards, data_args.skip_bad_records)
     train_shards, validation_shards = shards[: len(train_files)], shards[len(train_files):]
 
     if validation_shards:
-        validation = _datasets_of(validation_shards)
+        validation = _datasets_of(validation_shards, dropped)
     elif data_args.validation_split_percentage > 0 and data_args.validation_split == "chronological" \
             and len(train_shards) > 1:
         # Whole files at the end of the (name = time) order, so no future session leaks into training.
         count = max(1, math.ceil(len(train_shards) * data_args.validation_split_percentage / 100))
         count = min(count, len(train_shards) - 1)
         train_shards, validation_shards = train_shards[:-count], train_shards[-count:]
-        validation = _datasets_of(validation_shards)
+        validation = _datasets_of(validation_shards, dropped)
     else:
         validation = None
-    train = _datasets_of(train_shards)
+    train = _datasets_of(train_shards, dropped)
     if train is None:
         raise DataError("no usable training session in: " + ", ".join(s.source for s in train_shards))
 
     split = "files"
-    if validation is None and data_args.validation_split_percentage > 0:
+    if validation is None and data_args.validation_split_percentage > 0 and len(train) < 2:
+        # Holding out the only session would leave nothing to train on.
+        logger.warning("Only %d training session: no validation split is held out.", len(train))
+    elif validation is None and data_args.validation_split_percentage > 0:
         fraction = data_args.validation_split_percentage / 100
+        # At least one session held out, and at least one left to train on.
+        held_out = min(len(train) - 1, max(1, math.ceil(len(train) * fraction)))
         if data_args.validation_split == "chronological":  # one file: its last sessions
-            cut = len(train) - max(1, round(len(train) * fraction))
+            cut = len(train) - held_out
             train, validation = train.select(range(cut)), train.select(range(cut, len(train)))
             split = f"chronological-{fraction}"
         else:
-            parts = train.train_test_split(test_size=fraction, seed=seed, shuffle=True)
+            parts = train.train_test_split(test_size=held_out, seed=seed, shuffle=True)
             train, validation = parts["train"], parts["test"]
             split = f"random-{fraction}-{seed}"
     if data_args.max_train_samples is not None:
@@ -674,7 +799,7 @@ def load_corpus(data_args: DataArguments, vocab_size: int, seed: int) -> Session
         "validation": [Path(s.arrow_path).stem for s in validation_shards],
         "split": split, "max_train": data_args.max_train_samples, "max_eval": data_args.max_eval_samples,
     })
-    rejected = [r for s in shards for r in s.rejected]
+    rejected = [r for s in shards for r in s.rejected] + duplicates
     return SessionCorpus(
         train=train,
         validation=validation,
