@@ -25,7 +25,9 @@ from logbert.collator import build_collator, mask_for_evaluation
 from logbert.end_of_session import EndOfSessionCollator
 from logbert.config import ConfigError, parse_args, resolved_config
 from logbert.data import (EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections)
-from logbert.export import find_latest_checkpoint, save_model_folder
+from logbert.cli import load_detector
+from logbert.evaluation import apply_scoring_config, calibrate
+from logbert.export import find_latest_checkpoint, save_model_folder, write_model_card
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from logbert.model import build_model
 from logbert.tokenizer import (build_event_tokenizer, build_token_id_tokenizer, count_events, never_masked_ids,
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
                         handlers=[logging.StreamHandler(sys.stdout)])
     model_args, data_args, training_args, config_path = parse_args(argv)
+    if training_args.should_log:  # as run_mlm.py: the default "passive" log level means info
+        transformers.utils.logging.set_verbosity_info()
     log_level = training_args.get_process_log_level()
     logger.setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             tokenizer = build_token_id_tokenizer(model_args.vocab_size)
             train_dataset, eval_dataset = corpus.train, corpus.validation
-    data_summary = corpus.summary()
+    data_summary = {**corpus.summary(), "vocabulary_tokens": len(tokenizer), "train_file_list": corpus.train_files}
     logger.info("Data: %s", data_summary)
     if corpus.truncated:
         logger.warning("%d sessions were longer than max_seq_length %d and were truncated.", corpus.truncated,
@@ -139,9 +143,35 @@ def main(argv: list[str] | None = None) -> int:
         trainer.save_metrics("eval", eval_metrics)
     if trainer.is_world_process_zero():
         export(trainer.model, None, eval_metrics)
+        # ---- Threshold: from held-out normal sessions, no labels --------------------------------------------------
+        if do_eval:
+            normal_sessions = calibration_sessions(corpus.validation, corpus.kind, training_args.calibration_max_sessions)
+            for directory in (training_args.output_dir, os.path.join(training_args.output_dir, "best_model")):
+                if os.path.isdir(directory) and normal_sessions:
+                    settings = calibrate_model_folder(directory, normal_sessions, training_args)
+                    logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
+                                directory, settings["anomaly_threshold"], settings["score_name"],
+                                settings["threshold_target_fpr"], settings["calibration_sessions"])
         logger.info("Final model in %s; best model (by eval loss) in %s", training_args.output_dir,
                     os.path.join(training_args.output_dir, "best_model"))
     return 0
+
+
+def calibration_sessions(dataset, kind: str, limit: int) -> list:
+    """Held-out sessions known or assumed normal (label != 1), in the form the scoring pipeline takes."""
+    rows = dataset.select(range(min(len(dataset), limit)))
+    sessions = rows["event_ids"] if kind == EVENTS_KIND else [{"token_ids": ids} for ids in rows["input_ids"]]
+    return [session for session, label in zip(sessions, rows["label"]) if label != 1]
+
+
+def calibrate_model_folder(directory: str, normal_sessions: list, training_args) -> dict:
+    """Score the normal sessions with the exported model and store the threshold in its config.json."""
+    detector = load_detector(directory, device=str(training_args.device))
+    settings = calibrate(detector, normal_sessions, training_args.threshold_target_fpr, training_args.score_name,
+                         training_args.num_candidates)
+    apply_scoring_config(directory, settings)
+    write_model_card(directory)
+    return settings
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -173,15 +173,15 @@ class ReferenceArguments:
         },
     )
     num_workers: int | None = field(default=None, metadata={"help": "Alias of --dataloader_num_workers."})
-    use_multi_gpu: bool | None = field(
-        default=None,
+    use_multi_gpu: bool = field(
+        default=False,
         metadata={"help": "Informational: the number of GPUs comes from `accelerate launch`, see the README."},
     )
 
 
-def _default_report_to() -> str:
+def _default_report_to() -> list[str]:
     # TensorBoard logs when it is installed; nothing else is reported by default.
-    return "tensorboard" if importlib.util.find_spec("tensorboard") else "none"
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else ["none"]
 
 
 @dataclass
@@ -208,7 +208,7 @@ class LogBertTrainingArguments(TrainingArguments):
         default="group_by_length",
         metadata={"help": "'group_by_length' batches sessions of similar length, so little compute goes to padding."},
     )
-    report_to: None | str | list[str] = field(
+    report_to: list[str] = field(
         default_factory=_default_report_to, metadata={"help": "Loggers: 'tensorboard', 'none', ..."}
     )
     remove_unused_columns: bool = field(
@@ -226,6 +226,22 @@ class LogBertTrainingArguments(TrainingArguments):
     top_k: list[int] = field(
         default_factory=lambda: [5, 10],
         metadata={"help": "k values for the top-k masked-event accuracy reported at evaluation."},
+    )
+    threshold_target_fpr: float = field(
+        default=0.001,
+        metadata={"help": "After training, the anomaly threshold is set so that this share of held-out normal "
+                  "(validation) sessions is flagged. No labels are used."},
+    )
+    num_candidates: int = field(
+        default=5, metadata={"help": "LogBERT's top-g: an event outside the model's top g predictions is a miss."}
+    )
+    score_name: str = field(
+        default="combined",
+        metadata={"help": "Session score used for is_anomaly.",
+                  "choices": ["combined", "miss_ratio", "mean_nll", "max_nll", "end_nll"]},
+    )
+    calibration_max_sessions: int = field(
+        default=20000, metadata={"help": "Validation sessions scored for the threshold (the first N)."}
     )
     nan_loss_patience: int = field(
         default=20,
@@ -312,7 +328,12 @@ def load_yaml_config(path: str | os.PathLike, parser: argparse.ArgumentParser) -
                 raise ConfigError(f"{path}: key '{name}' is set twice ({flat[name][1]} and {where})")
             flat[name] = (item, where)
 
-    known = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    # A default-true boolean also has a `--no_<name>` twin with the same dest and no type: take the flag itself.
+    known = {
+        action.dest: action for action in parser._actions
+        if action.dest not in ("help", "config")
+        and not all(option.startswith(("--no_", "--no-")) for option in action.option_strings)
+    }
     values = {}
     for name, (value, where) in flat.items():
         action = known.get(str(name).replace("-", "_"))
@@ -352,7 +373,7 @@ def _resolve_reference_keys(namespace: argparse.Namespace, cli: set[str], yaml_k
         if value is None:
             continue
         for target in targets:
-            if target in cli and alias not in cli:
+            if target in cli:  # the specific flag typed on the command line always wins
                 continue
             if target in yaml_keys and alias in yaml_keys and getattr(namespace, target) != value:
                 raise ConfigError(f"the config sets both '{alias}' and '{target}': keep one")
@@ -402,6 +423,9 @@ def parse_args(argv: list[str] | None = None):
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     cli = _flags_on_command_line(argv, parser)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not namespace.use_cpu and not _cuda_available():
+        # Several processes (torchrun / `accelerate launch --multi_gpu`) and no GPU: DDP over gloo on CPUs.
+        namespace.use_cpu = True
     _resolve_reference_keys(namespace, cli, set(yaml_values))
     if namespace.use_multi_gpu:
         logger.info("use_multi_gpu is set: start with `accelerate launch --multi_gpu ...` to use several GPUs.")
@@ -438,12 +462,18 @@ def resolved_config(model_args, data_args, training_args) -> dict[str, dict[str,
             return None
         return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
-    training_defaults = LogBertTrainingArguments(output_dir=training_args.output_dir)
+    # Defaults read off the dataclass fields: building a second TrainingArguments would reset the shared
+    # accelerate state, and a distributed run would silently fall back to one process.
+    def default_of(f: dataclasses.Field):
+        if f.default is not dataclasses.MISSING:
+            return f.default
+        return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
     training = {
         f.name: plain(getattr(training_args, f.name))
         for f in dataclasses.fields(training_args)
         if f.init and not f.name.startswith("_") and f.name != "hub_token"
-        and getattr(training_args, f.name) != getattr(training_defaults, f.name)
+        and plain(getattr(training_args, f.name)) != plain(default_of(f))
     }
     training.update(
         {

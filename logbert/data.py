@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -341,6 +342,16 @@ def _integer_lists(lists: list[list]) -> pa.ListArray | None:
     return array if array.type.value_type == pa.int64() else None
 
 
+def _truncate_sessions(kept: np.ndarray, lengths: np.ndarray, too_long: np.ndarray,
+                       max_seq_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the sessions `too_long` of the concatenated token ids `kept` to max_seq_length, keeping the final token."""
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    drop = np.zeros(len(kept), dtype=bool)
+    for record in too_long:
+        drop[offsets[record] + max_seq_length - 1: offsets[record + 1] - 1] = True  # keep the final [SEP]
+    return kept[~drop], np.minimum(lengths, max_seq_length)
+
+
 class _ShardBuilder:
     """Collects the valid records of one file into columns, and the invalid ones as Rejections."""
 
@@ -467,21 +478,19 @@ class _ShardBuilder:
         # Strip padding (the mask is a prefix of ones), then cut over-long sessions keeping the final token.
         real_lengths = np.bincount(owner[real], minlength=count)
         kept = values[real]
-        real_offsets = np.concatenate([[0], np.cumsum(real_lengths)])
         too_long = np.flatnonzero(real_lengths > settings.max_seq_length)
         if len(too_long):
             if not settings.truncate_long_sessions:
                 return self._reject_records({i: f"session has {real_lengths[i]} tokens, more than max_seq_length "
                                                 f"{settings.max_seq_length} (--truncate_long_sessions cuts it)"
                                              for i in too_long}, self._token_table)
-            drop = np.zeros(len(kept), dtype=bool)
-            for record in too_long:
-                start, end = real_offsets[record], real_offsets[record + 1]
-                drop[start + settings.max_seq_length - 1: end - 1] = True  # keep the final [SEP]
-            kept = kept[~drop]
-            real_lengths = np.minimum(real_lengths, settings.max_seq_length)
-            real_offsets = np.concatenate([[0], np.cumsum(real_lengths)])
+            kept, real_lengths = _truncate_sessions(kept, real_lengths, too_long, settings.max_seq_length)
             self.truncated += len(too_long)
+        return self._session_table(kept, real_lengths)
+
+    def _session_table(self, kept: np.ndarray, real_lengths: np.ndarray) -> pa.Table:
+        """The shard's columns from the real (unpadded) token ids of all sessions, concatenated."""
+        real_offsets = np.concatenate([[0], np.cumsum(real_lengths)])
         input_ids = pa.ListArray.from_arrays(pa.array(real_offsets, pa.int32()), pa.array(kept, pa.int32()))
         return pa.table({
             "input_ids": input_ids,
@@ -533,8 +542,267 @@ class _ShardBuilder:
         return self._token_table() if self.kind == TOKEN_IDS_KIND else self._event_table()
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# Fast path: token-id sessions as `json.dump` writes them, read without a Python object per token
+# --------------------------------------------------------------------------------------------------------------------
+#
+# A reference-scale corpus is 2.5 million sessions of 512 token ids and 512 attention-mask entries: json.loads
+# makes a Python int of each (2.5 billion) and turning them into Arrow arrays costs as much again; together they
+# were over 90% of data preparation. The fast path cuts every innermost JSON array out of the file, checks and
+# converts the arrays with bytes and numpy operations, and gives json.loads only the skeleton that is left (the
+# session objects, each array replaced by a NaN placeholder), so everything but the arrays is still read by
+# json.loads's own rules. It accepts only what it can prove well-formed in json.dump's layout (", " between
+# items, no indentation); any other layout, anything it cannot prove, and any record the slow path would
+# reject or cut send the whole file to the slow path, whose result and messages are therefore unchanged.
+
+_DIGIT_BYTES = frozenset(b"0123456789")
+_QUOTE = ord('"')
+_COMMA, _SPACE, _ZERO = ord(","), ord(" "), ord("0")
+_PLACEHOLDER = b"NaN"
+_SEPARATOR = b", "
+_STRING_SEPARATOR = b'", "'
+_REFERENCE_KEYS = {"token_ids", "attention_mask", "event_sequence", "session_id"}
+
+
+def _cut_arrays(data: bytes) -> tuple[bytes, list[int], list[int], list[bool]]:
+    """Cut the innermost arrays that open with a digit or a quote out of a JSON text.
+
+    Returns (skeleton, starts, ends, numeric): the text with each such array replaced by NaN, where each array's
+    content starts and ends in `data`, and whether it opened with a digit. A bracket inside a string can be
+    taken for an array here; the caller finds out, because json.loads then reads that NaN as part of a string
+    (the arrays cut hold no quote, or balanced quotes, so what is string and what is not stays the same).
+    """
+    find = data.find
+    pieces, starts, ends, numeric = [], [], [], []
+    position = copied = 0
+    last = len(data) - 1
+    while True:
+        start = find(b"[", position)
+        if start < 0 or start >= last:
+            break
+        first = data[start + 1]
+        if first != _QUOTE and first not in _DIGIT_BYTES:  # an array of objects, a blank, a sign: not cut
+            position = start + 1
+            continue
+        end = find(b"]", start)
+        if end < 0:
+            break
+        inner = find(b"[", start + 1, end)
+        if inner >= 0:  # not innermost: look at the inner one next
+            position = inner
+            continue
+        pieces.append(data[copied:start])
+        starts.append(start + 1)
+        ends.append(end)
+        numeric.append(first != _QUOTE)
+        copied = position = end + 1
+    pieces.append(data[copied:])
+    return _PLACEHOLDER.join(pieces), starts, ends, numeric
+
+
+def _are_string_lists(text: bytes) -> bool:
+    """Whether `text`, string-array contents joined by ", ", is exactly '"a", "b", ...' with plain strings.
+
+    Plain: no quote, backslash or control character inside. Counting proves the layout: with no backslash, the
+    text opening and closing with a quote, Q quotes and K occurrences of '", "' with Q = 2K + 2 (and neither end
+    inside an occurrence), every quote but the first and the last is in exactly one separator, so the text is
+    strings separated by ", ".
+    """
+    if len(text) < 2 or text[0] != _QUOTE or text[-1] != _QUOTE or b"\\" in text:
+        return False
+    if text.startswith(_STRING_SEPARATOR) or text.endswith(_STRING_SEPARATOR):
+        return False
+    if text.count(b'"') != 2 * text.count(_STRING_SEPARATOR) + 2:
+        return False
+    if np.frombuffer(text, dtype=np.uint8).min() < 0x20:  # a raw control character: not valid JSON
+        return False
+    if not text.isascii():
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _parse_integers(text: bytes, max_digits: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The non-negative integers of `text` written as "12, 7, 431", and where each starts in `text`.
+
+    None unless `text` is exactly that (JSON numbers: no sign, fraction, exponent or leading zero) and every
+    number has at most `max_digits` (up to 8) digits. The digits are read a machine word at a time: the word
+    ending at each number's last byte, its other bytes masked off, is combined pairwise (x10, x100, x10^4).
+    """
+    raw = np.frombuffer(text, dtype=np.uint8)
+    if not len(raw) or max_digits > 8:
+        return None
+    commas = np.flatnonzero(raw == _COMMA)
+    count = len(commas) + 1
+    # ", " after every comma and nothing but digits elsewhere: then the numbers are the runs between separators.
+    if len(commas) and (commas[-1] + 1 >= len(raw) or (raw[commas + 1] != _SPACE).any()):
+        return None
+    if np.count_nonzero((raw - np.uint8(_ZERO)) < 10) != len(raw) - 2 * len(commas):
+        return None
+    ends = np.empty(count, dtype=np.int64)
+    ends[:-1] = commas
+    ends[-1] = len(raw)
+    digits = np.empty(count, dtype=np.int64)
+    digits[0] = ends[0]
+    np.subtract(ends[1:], ends[:-1] + 2, out=digits[1:])
+    if digits.min() < 1 or digits.max() > max_digits:
+        return None
+
+    width = 4 if max_digits <= 4 else 8
+    word = np.dtype("<u4" if width == 4 else "<u8").type
+    padded = np.empty(len(raw) + width, dtype=np.uint8)
+    padded[:width] = _SPACE
+    padded[width:] = raw
+    # Overlapping little-endian words, one per byte offset: word k holds padded[k: k + width].
+    windows = np.ndarray((len(raw) + 1,), dtype=word, buffer=padded, strides=(1,))
+    shift = (8 * (width - digits)).astype(word)
+    keep = word(np.iinfo(word).max) << shift  # the number's own bytes: the top `digits` of the word
+    value = (windows[ends] & keep) - (word(int.from_bytes(b"0" * width, "little")) & keep)
+    if (((value >> shift) & word(0xFF)) == 0)[digits > 1].any():  # a leading zero: 007 is not JSON
+        return None
+    # Bytes are digits, most significant first: pairs of bytes -> 16-bit lanes (x10), lanes -> (x100), ...
+    value = (value & word(0x00FF00FF00FF00FF & np.iinfo(word).max)) * word(10) + \
+        ((value >> word(8)) & word(0x00FF00FF00FF00FF & np.iinfo(word).max))
+    value = (value & word(0x0000FFFF0000FFFF & np.iinfo(word).max)) * word(100) + \
+        ((value >> word(16)) & word(0x0000FFFF0000FFFF & np.iinfo(word).max))
+    if width == 8:
+        value = (value & word(0xFFFFFFFF)) * word(10000) + (value >> word(32))
+    return value.astype(np.int64), ends - digits
+
+
+def _mask_template(ones: int, total: int, cache: dict) -> bytes:
+    key = (ones, total)
+    if key not in cache:
+        cache[key] = (b"1, " * ones + b"0, " * (total - ones))[:-2]
+    return cache[key]
+
+
+def parse_token_json_fast(path: str, settings: ParseSettings) -> tuple[pa.Table, _ShardBuilder] | None:
+    """`parse_session_file` for a JSON array of valid token-id sessions; None whenever it cannot be sure.
+
+    None means: use the slow path. It is returned for any other format or layout, any record the slow path
+    would reject or cut, and any doubt, so that a result returned here is the slow path's, bit for bit.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    if _file_format(path, data[:4096]) != "json":
+        return None
+    skeleton, starts, ends, numeric = _cut_arrays(data)
+    # Each placeholder NaN must be one of ours, and json.loads must read every one of them as a value: one read
+    # as string content was a bracket inside a string. parse_constant hands out (index, is_numeric) in text
+    # order (it is called for NaN and +-Infinity only, and the file has no Infinity outside the arrays).
+    if not starts or skeleton.count(_PLACEHOLDER) != len(starts) or b"Infinity" in skeleton:
+        return None
+    slots = iter(list(zip(range(len(starts)), numeric)))
+    try:
+        document = json.loads(skeleton.decode("utf-8"), parse_constant=partial(next, slots))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    sessions = _session_list(document)
+    if not sessions or next(slots, None) is not None:
+        return None
+
+    builder = _ShardBuilder(path, settings)
+    mask_templates: dict[tuple[int, int], bytes] = {}
+    zero_tails: dict[int, bytes] = {}
+    regions = []  # each session's real token ids, as text
+    real_lengths = [0] * len(sessions)  # from the mask; 0: no mask, the ids are counted instead
+    referenced = 0  # numeric arrays used as some session's ids or mask
+    find, startswith, endswith = data.find, data.startswith, data.endswith
+    session_ids, labels = builder.session_ids, builder.labels
+    for number, record in enumerate(sessions):
+        if type(record) is not dict:
+            return None
+        ids, mask = record.get("token_ids"), record.get("attention_mask")
+        if type(ids) is not tuple or not ids[1]:
+            return None
+        if record.keys() == _REFERENCE_KEYS and type(record["session_id"]) is str:
+            session_ids.append(record["session_id"])  # the reference layout, without the general checks below
+            labels.append(-1)
+        else:
+            label, problem = _check_label(record)
+            session_id, id_problem = _session_id(record)
+            if problem or id_problem:
+                return None
+            session_ids.append(session_id)
+            labels.append(label)
+        id_start, id_end = starts[ids[0]], ends[ids[0]]
+        referenced += 1
+        if mask is None:
+            regions.append(data[id_start:id_end])
+            continue
+        if type(mask) is not tuple or not mask[1]:
+            return None
+        referenced += 1
+        # A mask of 0s and 1s in json.dump's layout has 3 bytes per entry: its ones, then the padding zeros.
+        mask_start, mask_end = starts[mask[0]], ends[mask[0]]
+        total = (mask_end - mask_start + 2) // 3
+        zero = find(b"0", mask_start, mask_end)
+        ones = total if zero < 0 else (zero - mask_start) // 3
+        if ones == 0 or 3 * total - 2 != mask_end - mask_start:
+            return None
+        key = (ones, total)
+        if key not in mask_templates:
+            mask_templates[key] = (b"1, " * ones + b"0, " * (total - ones))[:-2]
+        if not startswith(mask_templates[key], mask_start):
+            return None
+        padding = total - ones
+        if padding:
+            if padding not in zero_tails:
+                zero_tails[padding] = b", 0" * padding
+            if not endswith(zero_tails[padding], id_start, id_end):
+                return None
+            id_end -= 3 * padding
+            if id_end <= id_start:
+                return None
+        regions.append(data[id_start:id_end])
+        real_lengths[number] = ones
+    # A numeric array that is no session's ids or mask (another field, a duplicate key): json.loads's to read.
+    if referenced != sum(numeric):
+        return None
+    if not all(numeric) and not _are_string_lists(_SEPARATOR.join(
+            [data[start:end] for start, end, is_numeric in zip(starts, ends, numeric) if not is_numeric])):
+        return None
+
+    parsed = _parse_integers(_SEPARATOR.join(regions), len(str(max(settings.vocab_size - 1, 0))))
+    if parsed is None:
+        return None
+    values, number_starts = parsed
+    region_lengths = np.fromiter(map(len, regions), dtype=np.int64, count=len(regions))
+    region_starts = np.concatenate([[0], np.cumsum(region_lengths[:-1] + len(_SEPARATOR))])
+    first_numbers = np.searchsorted(number_starts, region_starts)
+    counted = np.diff(np.append(first_numbers, len(values)))
+    expected = np.asarray(real_lengths)
+    if (expected[expected > 0] != counted[expected > 0]).any():  # a mask keeps exactly as many ids as its ones
+        return None
+
+    # The slow path's checks on real tokens (the masks are proven 1s-then-0s above); any failure is its to report.
+    if values.max() >= settings.vocab_size:
+        return None
+    special = np.zeros(settings.vocab_size, dtype=bool)
+    special[[i for i in SEED_SPECIAL_IDS.values() if i < settings.vocab_size]] = True
+    if not np.logical_or.reduceat(~special[values], first_numbers).all():  # only [CLS]/[SEP]/[PAD]: empty
+        return None
+    too_long = np.flatnonzero(counted > settings.max_seq_length)
+    if len(too_long):
+        if not settings.truncate_long_sessions:
+            return None
+        values, counted = _truncate_sessions(values, counted, too_long, settings.max_seq_length)
+    builder.kind = TOKEN_IDS_KIND
+    builder.truncated = len(too_long)
+    builder.records = list(range(1, len(sessions) + 1))
+    return builder._session_table(values, counted), builder
+
+
 def parse_session_file(path: str, settings: ParseSettings) -> tuple[pa.Table | None, _ShardBuilder]:
     """Read and validate one file. Returns its Arrow table (None when it holds no usable session)."""
+    fast = parse_token_json_fast(path, settings)
+    if fast is not None:
+        return fast
     builder = _ShardBuilder(path, settings)
     for item in iter_file_records(path, settings.skip_bad_records):
         if isinstance(item, Rejection):
@@ -572,16 +840,28 @@ def _write_atomically(path: Path, write) -> None:
             os.remove(tmp)
 
 
+def _cached_shard(path: str, settings: ParseSettings, cache_root: Path) -> FileShard | None:
+    """The up-to-date shard of `path` in the cache, or None."""
+    shard_dir = cache_root / "shards"
+    key = _shard_key(path, settings)
+    arrow_path, meta_path = shard_dir / f"{key}.arrow", shard_dir / f"{key}.json"
+    if not (meta_path.exists() and arrow_path.exists()):
+        return None
+    meta = json.loads(meta_path.read_text())
+    rejected = [Rejection(**r) for r in meta.pop("rejected")]
+    return FileShard(**meta, rejected=rejected)
+
+
 def build_shard(path: str, settings: ParseSettings, cache_root: Path, overwrite: bool = False) -> tuple[FileShard, bool]:
     """Parse `path` into the cache unless an up-to-date shard is there. Returns (shard, whether it was parsed)."""
     shard_dir = cache_root / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     key = _shard_key(path, settings)
     arrow_path, meta_path = shard_dir / f"{key}.arrow", shard_dir / f"{key}.json"
-    if not overwrite and meta_path.exists() and arrow_path.exists():
-        meta = json.loads(meta_path.read_text())
-        rejected = [Rejection(**r) for r in meta.pop("rejected")]
-        return FileShard(**meta, rejected=rejected), False
+    if not overwrite:
+        cached = _cached_shard(path, settings, cache_root)
+        if cached is not None:
+            return cached, False
 
     table, builder = parse_session_file(path, settings)
     if table is None:
@@ -605,20 +885,68 @@ def build_shard(path: str, settings: ParseSettings, cache_root: Path, overwrite:
     return FileShard(**meta, rejected=builder.rejected), True
 
 
-def _build_shard_star(arguments):
-    return build_shard(*arguments)
+_next_job = None  # in a parsing worker: the shared index of the next file to parse (see build_shards)
+
+
+def _share_job_counter(counter) -> None:
+    global _next_job
+    _next_job = counter
+
+
+def _parse_claimed_files(jobs: list[tuple], counter=None) -> list[tuple[int, FileShard | DataError]]:
+    """Parse the files of `jobs` that this process claims through the shared counter, until none is left.
+
+    A DataError is returned, not raised, and stops every process from claiming more: the load fails anyway.
+    """
+    counter = counter if counter is not None else _next_job
+    done: list[tuple[int, FileShard | DataError]] = []
+    while True:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        if index >= len(jobs):
+            return done
+        try:
+            done.append((index, build_shard(*jobs[index])[0]))
+        except DataError as error:
+            with counter.get_lock():
+                counter.value = len(jobs)
+            done.append((index, error))
+            return done
 
 
 def build_shards(files: list[str], settings: ParseSettings, cache_root: Path, overwrite: bool = False,
                  num_workers: int | None = None) -> tuple[list[FileShard], int]:
     """Parse (or reuse) one shard per file, one file in memory at a time per worker. Returns (shards, parsed)."""
-    jobs = [(path, settings, cache_root, overwrite) for path in files]
-    if num_workers and num_workers > 1 and len(files) > 1:
-        with get_context("spawn").Pool(min(num_workers, len(files))) as pool:
-            results = pool.map(_build_shard_star, jobs, chunksize=1)
+    shards: dict[int, FileShard | DataError] = {}
+    if not overwrite:  # reusing the cache needs no worker: each new process costs seconds to import the package
+        for index, path in enumerate(files):
+            cached = _cached_shard(path, settings, cache_root)
+            if cached is not None:
+                shards[index] = cached
+    to_parse = [index for index in range(len(files)) if index not in shards]
+    jobs = [(files[index], settings, cache_root, overwrite) for index in to_parse]
+    workers = min(num_workers or 1, len(jobs))
+    if workers > 1:
+        # This process parses too, so one process fewer is started. Files are claimed one at a time through a
+        # shared counter: this process starts at once, the others only once they have imported the package.
+        context = get_context("spawn")
+        counter = context.Value("q", 0)
+        with context.Pool(workers - 1, initializer=_share_job_counter, initargs=(counter,)) as pool:
+            pending = [pool.apply_async(_parse_claimed_files, (jobs,)) for _ in range(workers - 1)]
+            done = _parse_claimed_files(jobs, counter)
+            if len(done) < len(jobs):  # the workers claimed some files: wait for them
+                for result in pending:
+                    done.extend(result.get())
     else:
-        results = [build_shard(*job) for job in jobs]
-    return [shard for shard, _ in results], sum(parsed for _, parsed in results)
+        done = []
+        for index, job in enumerate(jobs):
+            done.append((index, build_shard(*job)[0]))
+    errors = sorted((index, shard) for index, shard in done if isinstance(shard, DataError))
+    if errors:  # the first bad file in file order, as a serial run would report it
+        raise errors[0][1]
+    shards.update((to_parse[index], shard) for index, shard in done)
+    return [shards[index] for index in range(len(files))], len(to_parse)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 logger = logging.getLogger(__name__)
@@ -26,18 +27,33 @@ def save_model_folder(model, tokenizer, directory: str | os.PathLike, training_c
     Refuses to write a model whose weights are not finite: a NaN model must never become `best_model`.
     """
     directory = Path(directory)
-    for name, parameter in model.named_parameters():
-        if not parameter.detach().isfinite().all():
-            raise ValueError(f"refusing to export {directory}: parameter {name} holds NaN/inf")
+    names = non_finite_parameters(model)
+    if names:
+        raise ValueError(f"refusing to export {directory}: parameter {names[0]} holds NaN/inf "
+                         f"({len(names)} tensors in all)")
     directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory, safe_serialization=True)
-    tokenizer.save_pretrained(directory)
+    # Saving through the pipeline also writes its code (pipeline.py, scoring.py) and registers the
+    # `log-anomaly` task in config.json, so `pipeline(model=directory, trust_remote_code=True)` works anywhere.
+    from .pipeline import LogAnomalyPipeline
+
+    LogAnomalyPipeline(model=model, tokenizer=tokenizer, device=model.device).save_pretrained(
+        directory, safe_serialization=True)
     if training_config is not None:
         (directory / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(training_config, sort_keys=False))
     if data_summary is not None:
         (directory / DATA_SUMMARY_FILE).write_text(json.dumps(data_summary, indent=2))
     write_model_card(directory, metrics=metrics)
     return directory
+
+
+def non_finite_parameters(model) -> list[str]:
+    """Names of the parameters holding NaN or inf; one device sync for the whole model, not one per tensor."""
+    named = [(name, parameter.detach()) for name, parameter in model.named_parameters() if parameter.numel()]
+    if not named:
+        return []
+    device = named[0][1].device
+    finite = torch.stack([parameter.isfinite().all().to(device) for _, parameter in named]).tolist()
+    return [name for (name, _), ok in zip(named, finite) if not ok]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

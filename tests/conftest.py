@@ -96,3 +96,22 @@ def sample_sessions(sample_file: Path) -> list[list[str]]:
     """The bundled HDFS training sessions as lists of event IDs, read without the package."""
     lines = sample_file.read_text(encoding="utf-8").splitlines()
     return [line.split() for line in lines if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def trained_model_dir(tmp_path_factory) -> Path:
+    """A tiny LogBERT trained for a few dozen steps on the bundled sample, with a calibrated threshold.
+
+    Trained once per test session and shared: tests must not modify it (copy it first).
+    """
+    import run_mlm_logs
+
+    output_dir = tmp_path_factory.mktemp("trained") / "model"
+    exit_code = run_mlm_logs.main([
+        "--config", "configs/tiny.yaml", "--output-dir", str(output_dir),
+        "--data_cache_dir", str(output_dir.parent / "cache"), "--max_steps", "60", "--eval_steps", "30",
+        "--save_steps", "30", "--disable_tqdm", "true", "--report_to", "none", "--seed", "7",
+        "--eval_on_start", "true",
+    ])
+    assert exit_code == 0
+    return output_dir

@@ -159,28 +159,17 @@ def test_wrong_type_is_an_error_naming_the_key(section, key, value, parse):
         parse(config={section: {key: value}})
 
 
-@pytest.mark.xfail(strict=True, raises=SystemExit,
-                   reason="config.py bug: for a bool flag with a --no_ twin (truncate_long_sessions, sparse_mlm_head) "
-                   "the YAML value is checked against the --no_ action, which has no type, so 'maybe' reaches "
-                   "argparse and exits (SystemExit 2) instead of a ConfigError naming the key")
 def test_wrong_type_for_a_default_true_bool_is_an_error_naming_the_key(parse):
     with pytest.raises(ConfigError, match="'data.truncate_long_sessions'"):
         parse(config={"data": {"truncate_long_sessions": "maybe"}})
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="config.py bug: _resolve_reference_keys skips a target only when the alias is not on the "
-                   "command line, so `--batch_size 8 --per_device_eval_batch_size 4` gives eval batch 8: the "
-                   "explicit, more specific flag loses to the alias")
 def test_an_explicit_flag_wins_over_a_reference_alias_on_the_command_line(parse):
     _, _, training_args, _ = parse("--batch_size", "8", "--per_device_eval_batch_size", "4")
     assert training_args.per_device_train_batch_size == 8
     assert training_args.per_device_eval_batch_size == 4
 
 
-@pytest.mark.xfail(strict=True, raises=SystemExit,
-                   reason="config.py bug: use_multi_gpu (bool | None) gets no nargs='?', so the bare flag "
-                   "`--use_multi_gpu` exits with 'expected one argument' while every other boolean flag accepts it")
 def test_bare_use_multi_gpu_flag(parse):
     parse("--use_multi_gpu")  # parses, as `--skip_bad_records` alone does
 

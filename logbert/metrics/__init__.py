@@ -27,17 +27,22 @@ def preprocess_logits_for_metrics(logits: torch.Tensor, labels: torch.Tensor, ma
         logits: (N, V) at masked positions (LogBertForMaskedLM with labels) or (B, T, V).
         labels: (B, T), -100 where not masked.
     Returns:
-        (N, 2 + max_k) float: the true id, its negative log-likelihood, then the top-k predicted ids.
+        (B, T, 2 + max_k) float, -100 where not masked: the true id, its negative log-likelihood, then the
+        top-k predicted ids. Batch-shaped, so the Trainer can pad and gather it across processes.
     """
     if isinstance(logits, tuple):
         logits = logits[0]
-    targets = labels[labels != -100]
+    masked = labels != -100
+    targets = labels[masked]
     if logits.dim() == 3:
-        logits = logits[labels != -100]
+        logits = logits[masked]
     log_probs = torch.log_softmax(logits.float(), dim=-1)
     nll = -log_probs.gather(1, targets[:, None]).squeeze(1)
     top = log_probs.topk(min(max_k, log_probs.size(-1)), dim=-1).indices
-    return torch.cat([targets[:, None].float(), nll[:, None], top.float()], dim=1)
+    rows = torch.cat([targets[:, None].float(), nll[:, None], top.float()], dim=1)  # (N, 2 + k)
+    reduced = torch.full((*labels.shape, rows.size(1)), -100.0, device=rows.device)
+    reduced[masked] = rows
+    return reduced
 
 
 def build_compute_metrics(top_k: list[int], most_frequent_id: int | None = None):
@@ -50,8 +55,8 @@ def build_compute_metrics(top_k: list[int], most_frequent_id: int | None = None)
 
     def compute_metrics(eval_prediction) -> dict[str, float]:
         rows = np.asarray(eval_prediction.predictions)
-        # Rows of -100 are padding added when predictions are gathered across processes.
-        rows = rows[rows[:, 0] >= 0] if rows.size else rows.reshape(0, 2 + max(top_k))
+        rows = rows.reshape(-1, rows.shape[-1]) if rows.size else rows.reshape(0, 2 + max(top_k))
+        rows = rows[rows[:, 0] >= 0]  # -100: not masked, or padding added when gathering across processes
         truth = rows[:, 0].astype(np.int64)
         candidates = rows[:, 2:].astype(np.int64)
         result = metric.compute(predictions=candidates, references=truth, top_k=top_k)

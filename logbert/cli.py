@@ -1,0 +1,208 @@
+"""Console entry points: logbert-score, logbert-evaluate, logbert-push."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from transformers import HfArgumentParser
+
+from .data import DataError, Rejection, write_rejections
+from .evaluation import (CountVectorBaseline, detection_metrics, expand_inputs, iter_sessions, score_stream,
+                         write_plots)
+
+logger = logging.getLogger("logbert")
+
+
+@dataclass
+class ScoreArguments:
+    model: str = field(metadata={"help": "Trained LogBERT folder (or hub repo id)."})
+    input: list[str] = field(metadata={"help": "Session files or globs (JSON, JSON Lines, event-ID text)."})
+    output: str = field(default="scores.jsonl", metadata={"help": "Where the per-session results go (JSON Lines)."})
+    threshold: float | None = field(default=None, metadata={"help": "Override the model's calibrated threshold."})
+    num_candidates: int | None = field(default=None, metadata={"help": "Override top-g of LogBERT's miss criterion."})
+    return_events: bool = field(default=True, metadata={"help": "Include per-event details in the output."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... Default: a GPU when present."})
+    dtype: str | None = field(default=None, metadata={"help": "float32, float16 or bfloat16 (GPU). Default: float32."})
+    chunk_size: int = field(default=2048, metadata={"help": "Sessions scored together (bounds memory)."})
+    skip_bad_records: bool = field(default=False, metadata={"help": "Quarantine unreadable records, not fail."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own pipeline code."})
+
+
+@dataclass
+class EvaluateArguments:
+    model: str = field(metadata={"help": "Trained LogBERT folder."})
+    output_dir: str = field(metadata={"help": "Where metrics.json, scores.jsonl and the PNG plots go."})
+    normal: list[str] | None = field(default=None, metadata={"help": "Files of normal sessions."})
+    abnormal: list[str] | None = field(default=None, metadata={"help": "Files of anomalous sessions."})
+    labelled: list[str] | None = field(default=None, metadata={"help": "Files whose records carry a 'label'."})
+    train: list[str] | None = field(
+        default=None,
+        metadata={"help": "Training files for the count-vector baseline. Default: those recorded with the model."},
+    )
+    threshold: float | None = field(default=None, metadata={"help": "Override the model's calibrated threshold."})
+    projected_normal_count: int | None = field(
+        default=None,
+        metadata={"help": "Project precision/F1 to this many normal sessions (HDFS protocol: 553366)."},
+    )
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda ... Default: a GPU when present."})
+    dtype: str | None = field(default=None, metadata={"help": "float32, float16 or bfloat16 (GPU)."})
+    skip_bad_records: bool = field(default=False, metadata={"help": "Quarantine unreadable records, not fail."})
+
+
+def load_detector(model: str, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
+    """The `log-anomaly` pipeline for a model folder: our own class unless remote code is asked for."""
+    import torch
+    from transformers import pipeline
+
+    from .pipeline import LogAnomalyPipeline
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch_dtype = getattr(torch, dtype) if dtype else None
+    kwargs = {"device": device}
+    if torch_dtype is not None:
+        kwargs["dtype"] = torch_dtype
+    if trust_remote_code:
+        return pipeline(model=model, trust_remote_code=True, **kwargs)
+    return pipeline("log-anomaly", model=model, pipeline_class=LogAnomalyPipeline, **kwargs)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+
+
+def _report_rejections(rejected: list[Rejection], directory: str) -> None:
+    if rejected:
+        path = write_rejections(rejected, directory)
+        logger.warning("%d unreadable records were skipped; each is in %s with its reason.", len(rejected), path)
+
+
+def score_main(argv: list[str] | None = None) -> int:
+    """logbert-score: stream session files through the model, one JSON line per session."""
+    _setup_logging()
+    (args,) = HfArgumentParser(ScoreArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
+    try:
+        files = expand_inputs(args.input, "--input")
+        detector = load_detector(args.model, args.device, args.dtype, args.trust_remote_code)
+        rejected: list[Rejection] = []
+        count = flagged = 0
+        output = Path(args.output)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with open(output, "w", encoding="utf-8") as handle:
+            sessions = iter_sessions(files, args.skip_bad_records, rejected)
+            for path, number, label, result in score_stream(
+                    detector, sessions, args.chunk_size, threshold=args.threshold,
+                    num_candidates=args.num_candidates, return_events=args.return_events):
+                record = {"file": path, "record": number, **({"label": label} if label >= 0 else {}), **result}
+                handle.write(json.dumps(record) + "\n")
+                count += 1
+                flagged += bool(result["is_anomaly"])
+        _report_rejections(rejected, str(output.parent))
+    except (DataError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    logger.info("Scored %d sessions, %d flagged as anomalous; results in %s", count, flagged, output)
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """logbert-evaluate: detection metrics, per-session scores and plots, beside a count-vector baseline."""
+    _setup_logging()
+    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
+    try:
+        return _evaluate(args)
+    except (DataError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args: EvaluateArguments) -> int:
+    if not (args.normal or args.abnormal or args.labelled):
+        raise ValueError("give test sessions: --normal and --abnormal files, or --labelled files")
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rejected: list[Rejection] = []
+    sources = [(expand_inputs(args.normal, "--normal"), 0), (expand_inputs(args.abnormal, "--abnormal"), 1),
+               (expand_inputs(args.labelled, "--labelled"), None)]
+    items = []
+    for files, forced_label in sources:
+        for path, number, session, label in iter_sessions(files, args.skip_bad_records, rejected):
+            label = forced_label if forced_label is not None else label
+            if label not in (0, 1):
+                raise DataError(f"{path}: record {number}: --labelled files need a 'label' (0/1) on every record")
+            items.append((path, number, session, label))
+    if not items:
+        raise ValueError("no test session found")
+
+    train_files = args.train
+    if not train_files:
+        summary_path = Path(args.model) / "data_summary.json"
+        recorded = json.loads(summary_path.read_text()).get("train_file_list", []) if summary_path.exists() else []
+        train_files = [f for f in recorded if os.path.exists(f)]
+    baseline = None
+    if train_files:
+        baseline = CountVectorBaseline(session for _, _, session, _ in iter_sessions(expand_inputs(
+            train_files, "--train"), skip_bad_records=True))
+    else:
+        logger.warning("No training files known (--train): the count-vector baseline is skipped.")
+
+    detector = load_detector(args.model, args.device, args.dtype)
+    results = [result for *_, result in score_stream(detector, iter(items), total=len(items), return_events=False,
+                                                     threshold=args.threshold)]
+    threshold = results[0]["threshold"]
+    if threshold is None:
+        raise ValueError(f"{args.model} has no calibrated threshold: pass --threshold")
+    scores = np.array([r["anomaly_score"] for r in results], dtype=float)
+    labels = np.array([label for *_, label in items])
+    report = {
+        "logbert": detection_metrics(scores, labels, threshold, args.projected_normal_count),
+        "score_name": results[0]["score_name"],
+        "counts": {"normal": int((labels == 0).sum()), "anomalous": int((labels == 1).sum()),
+                   "distinct_sessions": len({tuple(map(str, _events(s))) for _, _, s, _ in items})},
+        "model": str(args.model),
+    }
+    baseline_scores = None
+    if baseline is not None:
+        baseline_scores = np.array([baseline.score(session) for _, _, session, _ in items])
+        report["count_vector_baseline"] = detection_metrics(baseline_scores, labels, 0.5,
+                                                            args.projected_normal_count)
+    (output_dir / "metrics.json").write_text(json.dumps(report, indent=2))
+    with open(output_dir / "scores.jsonl", "w", encoding="utf-8") as handle:
+        for index, ((path, number, _, label), result) in enumerate(zip(items, results)):
+            row = {"file": path, "record": number, "label": int(label), **result}
+            if baseline_scores is not None:
+                row["count_vector_baseline_anomaly"] = bool(baseline_scores[index] > 0.5)
+            handle.write(json.dumps(row) + "\n")
+    plots = write_plots(output_dir, scores, labels, threshold, baseline_scores)
+    _report_rejections(rejected, str(output_dir))
+    _print_report(report)
+    logger.info("Wrote %s, %s and %s", output_dir / "metrics.json", output_dir / "scores.jsonl", ", ".join(plots))
+    return 0
+
+
+def _events(session) -> list:
+    if isinstance(session, dict):
+        return session.get("event_sequence") or session.get("token_ids") or []
+    return session.split() if isinstance(session, str) else session
+
+
+def _print_report(report: dict) -> None:
+    columns = ["precision", "recall", "f1", "fpr", "auroc", "auprc", "projected_f1"]
+    rows = [("LogBERT", report["logbert"])]
+    if "count_vector_baseline" in report:
+        rows.append(("count-vector baseline", report["count_vector_baseline"]))
+    print("\n| detector | " + " | ".join(columns) + " |")
+    print("|---|" + "---|" * len(columns))
+    for name, metrics in rows:
+        cells = [f"{metrics[c]:.4f}" if c in metrics else "-" for c in columns]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    counts = report["counts"]
+    print(f"\n{counts['normal']} normal, {counts['anomalous']} anomalous sessions "
+          f"({counts['distinct_sessions']} distinct); threshold {report['logbert']['threshold']:.4g} "
+          f"on score '{report['score_name']}'\n")

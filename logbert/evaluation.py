@@ -1,0 +1,204 @@
+"""Detection on files: label-free threshold calibration, the count-vector baseline, the evaluation report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .data import DataError, Rejection, _check_label, expand_data_files, iter_file_records
+from .metrics import load_metric
+from .scoring import calibrate_threshold
+
+logger = logging.getLogger(__name__)
+
+# Scoring settings stored in config.json next to the weights, read by the pipeline by default.
+SCORING_CONFIG_KEYS = ("anomaly_threshold", "threshold_target_fpr", "score_name", "num_candidates",
+                       "calibration_sessions")
+
+
+def iter_sessions(paths: Iterable[str], skip_bad_records: bool = False,
+                  rejected: list[Rejection] | None = None) -> Iterator[tuple[str, int, Any, int]]:
+    """Yield (file, record number, session, label) from session files of any supported format, one at a time.
+
+    `label` is 1/0 from a record's `label` field, or -1 when it has none. Unreadable records raise DataError
+    naming the file and line, or with `skip_bad_records` are appended to `rejected`.
+    """
+    for path in paths:
+        for item in iter_file_records(path, skip_bad_records):
+            if isinstance(item, Rejection):
+                if rejected is not None:
+                    rejected.append(item)
+                continue
+            number, record = item
+            label = -1
+            if isinstance(record, dict):
+                label, problem = _check_label(record)
+                if problem:
+                    rejection = Rejection(path, number, problem, record)
+                    if not skip_bad_records:
+                        raise DataError(rejection.message())
+                    if rejected is not None:
+                        rejected.append(rejection)
+                    continue
+            elif isinstance(record, tuple):  # a line of event IDs
+                record = list(record)
+            else:
+                rejection = Rejection(path, number, f"expected a session, got {type(record).__name__}", record)
+                if not skip_bad_records:
+                    raise DataError(rejection.message())
+                if rejected is not None:
+                    rejected.append(rejection)
+                continue
+            if not record or (isinstance(record, dict) and not (record.get("token_ids") or
+                                                                record.get("event_sequence"))):
+                rejection = Rejection(path, number, "empty session: expected at least one event", record)
+                if not skip_bad_records:
+                    raise DataError(rejection.message())
+                if rejected is not None:
+                    rejected.append(rejection)
+                continue
+            yield path, number, record, label
+
+
+def score_stream(detector, sessions: Iterable[tuple[str, int, Any, int]], chunk_size: int = 2048,
+                 total: int | None = None, **score_kwargs) -> Iterator[tuple[str, int, int, dict]]:
+    """Score (file, record, session, label) tuples in chunks (bounded memory); yield (file, record, label, result)."""
+    chunk: list = []
+    progress = tqdm(total=total, unit="session", desc="Scoring")
+
+    def flush():
+        results = detector.score([session for _, _, session, _ in chunk], **score_kwargs)
+        progress.update(len(chunk))
+        for (path, number, _, label), result in zip(chunk, results):
+            yield path, number, label, result
+        chunk.clear()
+
+    for item in sessions:
+        chunk.append(item)
+        if len(chunk) >= chunk_size:
+            yield from flush()
+    if chunk:
+        yield from flush()
+    progress.close()
+
+
+def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: str | None = None,
+              num_candidates: int | None = None) -> dict[str, Any]:
+    """Threshold from held-out normal sessions at a target false-positive rate; no label is needed.
+
+    Returns the scoring settings to store in the model's config.json.
+    """
+    results = detector.score(normal_sessions, return_events=False, score_name=score_name,
+                             num_candidates=num_candidates, threshold=float("inf"))
+    scores = np.array([r["anomaly_score"] for r in results])
+    threshold = calibrate_threshold(scores, target_fpr)
+    return {
+        "anomaly_threshold": threshold,
+        "threshold_target_fpr": target_fpr,
+        "score_name": results[0]["score_name"],
+        "num_candidates": num_candidates or getattr(detector.model.config, "num_candidates", None) or 5,
+        "calibration_sessions": len(scores),
+    }
+
+
+def apply_scoring_config(model_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """Write scoring settings into config.json (what `from_pretrained` and the pipeline read)."""
+    path = Path(model_dir) / "config.json"
+    config = json.loads(path.read_text())
+    config.update({k: v for k, v in settings.items() if k in SCORING_CONFIG_KEYS})
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def event_count_vector(session: Any) -> tuple:
+    """The multiset of a session's events, order ignored (Landauer et al., FSE'24)."""
+    if isinstance(session, dict):
+        events = session.get("event_sequence") or [t for t, m in zip(session["token_ids"], session.get(
+            "attention_mask") or [1] * len(session["token_ids"])) if m]
+    elif isinstance(session, str):
+        events = session.split()
+    else:
+        events = session
+    return tuple(sorted(Counter(map(str, events)).items()))
+
+
+class CountVectorBaseline:
+    """A session is anomalous when its event-count vector never occurs in training: no model, no labels."""
+
+    def __init__(self, training_sessions: Iterable[Any]):
+        self.known = {event_count_vector(session) for session in training_sessions}
+
+    def score(self, session: Any) -> float:
+        return 0.0 if event_count_vector(session) in self.known else 1.0
+
+
+def detection_metrics(scores, labels, threshold: float, projected_normal_count: int | None = None) -> dict:
+    metric = load_metric("anomaly_detection")
+    return metric.compute(predictions=list(map(float, scores)), references=list(map(int, labels)),
+                          threshold=threshold, projected_normal_count=projected_normal_count)
+
+
+def write_plots(output_dir: Path, scores: np.ndarray, labels: np.ndarray, threshold: float,
+                baseline_scores: np.ndarray | None = None) -> list[str]:
+    """ROC and precision-recall curves, and score histograms of normal against anomalous sessions (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .metrics.anomaly_detection.anomaly_detection import precision_recall_points, roc_points
+
+    written = []
+    finite = np.where(np.isfinite(scores), scores, np.nanmax(scores[np.isfinite(scores)]) if np.isfinite(
+        scores).any() else 0)
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    fpr, tpr, _ = roc_points(finite, labels)
+    axis.plot(fpr, tpr, label="LogBERT")
+    if baseline_scores is not None:
+        fpr_b, tpr_b, _ = roc_points(baseline_scores, labels)
+        axis.plot(fpr_b, tpr_b, label="count-vector baseline", linestyle="--")
+    axis.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
+    axis.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
+    axis.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(output_dir / "roc.png", dpi=120)
+    written.append(str(output_dir / "roc.png"))
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(5, 5))
+    precision, recall = precision_recall_points(finite, labels)
+    axis.plot(recall, precision, label="LogBERT")
+    if baseline_scores is not None:
+        precision_b, recall_b = precision_recall_points(baseline_scores, labels)
+        axis.plot(recall_b, precision_b, label="count-vector baseline", linestyle="--")
+    axis.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
+    axis.legend(loc="lower left")
+    figure.tight_layout()
+    figure.savefig(output_dir / "precision_recall.png", dpi=120)
+    written.append(str(output_dir / "precision_recall.png"))
+    plt.close(figure)
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(finite.min(), finite.max(), 60) if finite.max() > finite.min() else 10
+    axis.hist(finite[labels == 0], bins=bins, alpha=0.6, label="normal", density=True)
+    axis.hist(finite[labels == 1], bins=bins, alpha=0.6, label="anomalous", density=True)
+    axis.axvline(threshold, color="black", linestyle=":", label="threshold")
+    axis.set(xlabel="anomaly score", ylabel="density", title="Score distribution", yscale="log")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(output_dir / "score_histogram.png", dpi=120)
+    written.append(str(output_dir / "score_histogram.png"))
+    plt.close(figure)
+    return written
+
+
+def expand_inputs(patterns: list[str] | None, what: str) -> list[str]:
+    return expand_data_files(patterns, what) if patterns else []

@@ -1,0 +1,96 @@
+"""Console scripts on real sessions: logbert-score, logbert-evaluate, and a two-process DDP run on CPU."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from logbert.cli import evaluate_main, score_main
+from logbert.config import SAMPLE_DATA_DIR
+
+NORMAL_FILE = SAMPLE_DATA_DIR / "hdfs_test_normal_500.txt"
+ABNORMAL_FILE = SAMPLE_DATA_DIR / "hdfs_test_abnormal_500.txt"
+
+
+def test_score_writes_one_line_per_session(trained_model_dir, tmp_path):
+    sessions = tmp_path / "sessions.jsonl"
+    sessions.write_text(
+        json.dumps({"session_id": "a", "event_sequence": [22, 5, 5, 5, 11, 9]}) + "\n"
+        + json.dumps({"session_id": "b", "event_sequence": ["22", "5", "5"], "label": 1}) + "\n"
+    )
+    output = tmp_path / "out" / "scores.jsonl"
+    assert score_main(["--model", str(trained_model_dir), "--input", str(sessions), str(NORMAL_FILE),
+                       "--output", str(output), "--return_events", "false"]) == 0
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 2 + 500
+    assert rows[0]["session_id"] == "a" and rows[0]["record"] == 1 and rows[1]["label"] == 1
+    assert all({"anomaly_score", "is_anomaly", "threshold"} <= set(row) for row in rows)
+
+
+def test_score_reports_a_malformed_line_with_file_and_line(trained_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"event_sequence": [5, 22]}) + "\n{not json\n")
+    assert score_main(["--model", str(trained_model_dir), "--input", str(bad),
+                       "--output", str(tmp_path / "s.jsonl")]) == 2
+    assert score_main(["--model", str(trained_model_dir), "--input", str(bad), "--skip_bad_records",
+                       "--output", str(tmp_path / "s.jsonl")]) == 0
+    rejected = [json.loads(line) for line in (tmp_path / "rejected_records.jsonl").read_text().splitlines()]
+    assert rejected[0]["record"] == 2 and "not valid JSON" in rejected[0]["reason"]
+
+
+def test_score_error_names_the_file_and_line(trained_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"event_sequence": [5, 22]}) + "\n{not json\n")
+    score_main(["--model", str(trained_model_dir), "--input", str(bad), "--output", str(tmp_path / "s.jsonl")])
+    error = capsys.readouterr().err
+    assert str(bad) in error and "line 2" in error
+
+
+def test_evaluate_writes_metrics_scores_and_plots(trained_model_dir, tmp_path):
+    output_dir = tmp_path / "report"
+    assert evaluate_main(["--model", str(trained_model_dir), "--normal", str(NORMAL_FILE),
+                          "--abnormal", str(ABNORMAL_FILE), "--output_dir", str(output_dir),
+                          "--projected_normal_count", "553366"]) == 0
+    report = json.loads((output_dir / "metrics.json").read_text())
+    for name in ("precision", "recall", "f1", "fpr", "auroc", "auprc", "threshold", "tp", "fp", "tn", "fn",
+                 "projected_f1"):
+        assert name in report["logbert"]
+    assert report["counts"]["normal"] == 500 and report["counts"]["anomalous"] == 500
+    # the baseline comes from the training files recorded with the model
+    assert 0.5 < report["count_vector_baseline"]["auroc"] <= 1
+    assert report["logbert"]["auroc"] > 0.6
+    for plot in ("roc.png", "precision_recall.png", "score_histogram.png"):
+        assert (output_dir / plot).read_bytes()[:4] == b"\x89PNG"
+    assert len((output_dir / "scores.jsonl").read_text().splitlines()) == 1000
+
+
+def test_evaluate_needs_test_sessions(trained_model_dir, tmp_path, capsys):
+    assert evaluate_main(["--model", str(trained_model_dir), "--output_dir", str(tmp_path)]) == 2
+    assert "--normal" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_trains(tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on a machine without GPUs: DDP over gloo."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate's launcher is not on PATH")
+    output_dir = tmp_path / "ddp"
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "run_mlm_logs.py",
+               "--config", "configs/tiny.yaml", "--output-dir", str(output_dir),
+               "--data_cache_dir", str(tmp_path / "cache"), "--max_steps", "20", "--eval_steps", "10",
+               "--save_steps", "10", "--disable_tqdm", "true", "--report_to", "none"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, cwd=Path(__file__).parents[1], env=env, capture_output=True, text=True,
+                               timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    # 20 steps of 2 processes x 32 sessions: twice the data of one process, so about 2x the epochs
+    assert state["global_step"] == 20
+    assert state["epoch"] == pytest.approx(20 * 64 / 4612, rel=0.1)
+    assert (output_dir / "best_model" / "model.safetensors").exists()

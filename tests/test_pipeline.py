@@ -1,0 +1,115 @@
+"""The log-anomaly pipeline on a tiny model trained on the bundled sample: determinism, windows, reloading."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from transformers import pipeline
+
+from logbert import LogAnomalyPipeline
+
+NORMAL = "22 5 5 5 11 9 11 9 11 9 26 26 26 23 23 23 21 21 21"
+
+
+@pytest.fixture(scope="module")
+def detector(trained_model_dir):
+    return pipeline("log-anomaly", model=str(trained_model_dir), pipeline_class=LogAnomalyPipeline, device="cpu")
+
+
+def test_result_fields_and_calibrated_threshold(detector, trained_model_dir):
+    result = detector(NORMAL)
+    config = json.loads((trained_model_dir / "config.json").read_text())
+    assert result["threshold"] == config["anomaly_threshold"]
+    assert result["is_anomaly"] == (result["anomaly_score"] > result["threshold"])
+    assert result["num_events"] == 19 and len(result["events"]) == 19
+    first = result["events"][0]
+    assert first["event"] == "22" and first["position"] == 0
+    assert 0 < first["probability"] <= 1 and first["rank"] >= 1
+    assert len(first["top_candidates"]) == 3
+    assert all(c["event"] not in ("[PAD]", "[CLS]", "[MASK]", "[UNK]") for c in first["top_candidates"])
+
+
+def test_input_forms_agree(detector):
+    as_string = detector(NORMAL)["anomaly_score"]
+    as_list = detector(NORMAL.split())["anomaly_score"]
+    as_ints = detector([int(e) for e in NORMAL.split()])["anomaly_score"]
+    as_object = detector({"session_id": "blk_1", "event_sequence": NORMAL.split()})
+    assert as_string == as_list == as_ints == as_object["anomaly_score"]
+    assert as_object["session_id"] == "blk_1"
+
+
+def test_scores_are_deterministic_and_independent_of_batching(detector):
+    others = ["22 5 5", "5 5 5 22 11 9 11 9 11 9 26 26 26", "22 5 5 5 26 26 26 11 9 11 9 11 9 2 3 23 23 23 21 21 21"]
+    alone = detector(NORMAL, return_events=False)["anomaly_score"]
+    detector._cache.clear()
+    in_batch = detector([*others, NORMAL], return_events=False)[-1]["anomaly_score"]
+    assert in_batch == pytest.approx(alone, abs=1e-5)
+    detector._cache.clear()
+    assert detector(NORMAL, return_events=False)["anomaly_score"] == pytest.approx(alone, abs=1e-5)
+
+
+def test_identical_sessions_are_scored_once(detector, monkeypatch):
+    detector._cache.clear()
+    calls = []
+    original = detector._score_unique
+    monkeypatch.setattr(detector, "_score_unique", lambda keys, *a: calls.append(len(keys)) or original(keys, *a))
+    results = detector([NORMAL] * 50 + ["22 5 5"] * 20, return_events=False)
+    assert calls == [2]
+    assert len({r["anomaly_score"] for r in results[:50]}) == 1
+
+
+def test_unknown_events_are_flagged(detector):
+    result = detector("22 5 5 5 999 11 9")
+    unknown = result["events"][4]
+    assert unknown["event"] == "999" and unknown["unseen"] and unknown["is_miss"]
+    assert result["num_unseen"] == 1
+    assert result["is_anomaly"] is True
+
+
+def test_a_truncated_session_scores_higher_than_a_complete_one(detector):
+    complete, truncated = detector([NORMAL, "22 5 5"], return_events=False)
+    assert truncated["end_nll"] > complete["end_nll"]
+
+
+def test_long_sessions_are_scored_in_windows_covering_every_event(detector):
+    max_events = detector.model.config.max_position_embeddings - 2
+    long_session = (NORMAL.split() * 20)[: max_events * 2 + 17]
+    result = detector(long_session)
+    assert result["num_events"] == len(long_session) > max_events
+    assert [e["position"] for e in result["events"]] == list(range(len(long_session)))
+    assert all(e["probability"] > 0 for e in result["events"])
+
+
+def test_an_empty_session_is_a_clear_error(detector):
+    with pytest.raises(ValueError, match="empty session"):
+        detector("")
+    with pytest.raises(ValueError, match="empty session"):
+        detector([[], NORMAL])
+    assert detector([]) == []  # no sessions, no results
+    with pytest.raises(ValueError, match="empty session"):
+        detector({"session_id": "s1", "event_sequence": []})
+
+
+def test_saved_pipeline_reloads_in_a_fresh_process_offline_with_identical_scores(detector, trained_model_dir,
+                                                                                 tmp_path):
+    folder = tmp_path / "published"
+    shutil.copytree(trained_model_dir / "best_model", folder)
+    sessions = [NORMAL, "22 5 5", "22 5 5 5 999 11 9"]
+    local = pipeline("log-anomaly", model=str(folder), pipeline_class=LogAnomalyPipeline, device="cpu")
+    expected = [r["anomaly_score"] for r in local(sessions, return_events=False)]
+    script = (
+        "import json, sys\n"
+        "from transformers import pipeline\n"
+        f"detector = pipeline(model={str(folder)!r}, trust_remote_code=True)\n"
+        f"print(json.dumps([r['anomaly_score'] for r in detector({sessions!r}, return_events=False)]))\n"
+    )
+    # A fresh process that cannot import the logbert package: only the folder's own code may be used.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
+    completed = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                               text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert json.loads(completed.stdout.strip().splitlines()[-1]) == expected
+    assert (folder / "pipeline.py").exists() and (folder / "scoring.py").exists()

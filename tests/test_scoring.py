@@ -1,0 +1,90 @@
+"""Scores from hand-built logits, windows over long sessions, and the label-free threshold."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from logbert.scoring import MIN_PROBABILITY, calibrate_threshold, event_scores, session_scores, window_spans
+
+
+def test_event_scores_rank_probability_and_candidates():
+    # vocabulary of 5: ids 0 and 1 are special (excluded), 2..4 are events
+    logits = torch.tensor([[9.0, 9.0, 2.0, 1.0, 0.0],  # true 3: second best among events
+                           [0.0, 0.0, 0.0, 0.0, 5.0]])  # true 4: best
+    result = event_scores(logits, torch.tensor([3, 4]), excluded_ids=[0, 1], top_n=2)
+    event_probs = torch.softmax(torch.tensor([2.0, 1.0, 0.0]), 0)
+    assert result["rank"].tolist() == [2, 1]
+    assert result["probability"][0].item() == pytest.approx(event_probs[1].item(), rel=1e-6)
+    assert result["nll"][0].item() == pytest.approx(-math.log(event_probs[1].item()), rel=1e-6)
+    assert result["top_ids"][1, 0].item() == 4
+    assert result["top_ids"][0].tolist() == [2, 3]  # the excluded specials are never candidates
+
+
+def test_an_excluded_target_gets_the_ceiling_and_the_worst_rank():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]])
+    result = event_scores(logits, torch.tensor([0]), excluded_ids=[0], top_n=2)  # e.g. [UNK]
+    assert result["probability"].item() == 0.0
+    assert result["nll"].item() == pytest.approx(-math.log(MIN_PROBABILITY))
+    assert result["rank"].item() == 4
+
+
+def test_session_scores_follow_logbert_miss_criterion():
+    nll = np.array([0.1, 2.0, 0.3, 5.0])
+    rank = np.array([1, 3, 2, 9])
+    unseen = np.array([False, False, True, False])
+    scores = session_scores(nll, rank, unseen, num_candidates=2, end_nll=7.0)
+    # misses: rank 3 > 2, the unseen event, rank 9 > 2
+    assert scores["num_misses"] == 3
+    assert scores["miss_ratio"] == pytest.approx(0.75)
+    assert scores["mean_nll"] == pytest.approx(nll.mean())
+    assert scores["max_nll"] == 5.0
+    assert scores["combined"] == 7.0  # the end slot is the worst surprise here
+    assert session_scores(nll, rank, unseen, 2, end_nll=1.0)["combined"] == 5.0
+
+
+def test_session_scores_reject_an_empty_session():
+    with pytest.raises(ValueError, match="at least one event"):
+        session_scores(np.array([]), np.array([]), np.array([]), 5)
+
+
+@pytest.mark.parametrize("num_events,window", [(1, 10), (10, 10), (11, 10), (300, 126), (1000, 7), (513, 510)])
+def test_windows_score_every_event_exactly_once(num_events, window):
+    spans = window_spans(num_events, window)
+    scored = [i for span in spans for i in range(span.score_start, span.score_end)]
+    assert scored == list(range(num_events))
+    for span in spans:
+        assert 0 <= span.start < span.end <= num_events
+        assert span.end - span.start <= window
+        assert span.start <= span.score_start < span.score_end <= span.end
+
+
+def test_windows_give_scored_events_context_on_both_sides():
+    spans = window_spans(300, 100)
+    for span in spans[1:-1]:
+        assert span.score_start - span.start >= 20 and span.end - span.score_end >= 20
+
+
+def test_threshold_flags_at_most_the_target_share_of_normal_sessions():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=10_000)
+    for target in (0.0, 0.001, 0.01, 0.1):
+        threshold = calibrate_threshold(normal, target)
+        flagged = np.mean(normal > threshold)
+        assert flagged <= target
+        assert flagged >= target - 1 / len(normal) - 1e-12
+    assert calibrate_threshold(normal, 0.0) == normal.max()
+
+
+def test_threshold_with_ties_never_exceeds_the_target():
+    normal = np.array([1.0] * 50 + [2.0] * 50)
+    threshold = calibrate_threshold(normal, 0.1)
+    assert np.mean(normal > threshold) <= 0.1
+
+
+def test_threshold_needs_sessions_and_a_valid_rate():
+    with pytest.raises(ValueError):
+        calibrate_threshold(np.array([]), 0.01)
+    with pytest.raises(ValueError):
+        calibrate_threshold(np.array([1.0]), 1.5)
