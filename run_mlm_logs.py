@@ -11,23 +11,24 @@ build tokenizer -> datasets -> model -> Trainer, then train and evaluate.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 
 import numpy as np
 import pyarrow.compute as pc
 import transformers
+from huggingface_hub import errors as hub_errors
 from transformers import Trainer, set_seed
 
-from logbert.callbacks import BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError
-from logbert.collator import build_collator, mask_for_evaluation
-from logbert.end_of_session import EndOfSessionCollator
-from logbert.config import ConfigError, parse_args, resolved_config
-from logbert.data import (EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections)
+from logbert.callbacks import (BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError,
+                               ReproducibleResumeCallback)
 from logbert.cli import load_detector
+from logbert.collator import build_training_collator, mask_for_evaluation
+from logbert.config import ConfigError, parse_args, resolved_config
+from logbert.data import EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections
 from logbert.evaluation import apply_scoring_config, calibrate
 from logbert.export import find_latest_checkpoint, save_model_folder, write_model_card
+from logbert.hub import HubError, push_model_folder
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from logbert.model import build_model
 from logbert.tokenizer import (build_event_tokenizer, build_token_id_tokenizer, count_events, never_masked_ids,
@@ -105,12 +106,12 @@ def main(argv: list[str] | None = None) -> int:
         eval_dataset=mask_for_evaluation(model_inputs(eval_dataset), tokenizer, data_args, training_args.seed)
         if do_eval else None,
         processing_class=tokenizer,
-        data_collator=EndOfSessionCollator(build_collator(tokenizer, data_args), data_args.end_of_session_probability)
-        if data_args.end_of_session_probability > 0 else build_collator(tokenizer, data_args),
+        data_collator=build_training_collator(tokenizer, data_args),
         compute_metrics=build_compute_metrics(training_args.top_k, most_frequent_event_id(train_dataset, tokenizer)),
         preprocess_logits_for_metrics=lambda logits, labels: preprocess_logits_for_metrics(logits, labels, max_k),
-        callbacks=[BestModelExportCallback(export), NonFiniteLossCallback(training_args.nan_loss_patience),
-                   GracefulStopCallback()],
+        # GracefulStopCallback before NonFiniteLossCallback, so that the weights are checked on a SIGTERM save too.
+        callbacks=[BestModelExportCallback(export), GracefulStopCallback(),
+                   NonFiniteLossCallback(training_args.nan_loss_patience), ReproducibleResumeCallback()],
     )
     stopper = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GracefulStopCallback))
 
@@ -124,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                                training_args.output_dir)
         if checkpoint:
             logger.info("Resuming from %s", checkpoint)
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        finally:  # NonFiniteLossError and other exceptions skip on_train_end
+            stopper.restore_signal_handler()
         if stopper.received is not None:
             logger.warning("Stopped by SIGTERM at step %d; resume with --resume_from_checkpoint.",
                            trainer.state.global_step)
@@ -154,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                                 settings["threshold_target_fpr"], settings["calibration_sessions"])
         logger.info("Final model in %s; best model (by eval loss) in %s", training_args.output_dir,
                     os.path.join(training_args.output_dir, "best_model"))
+        if training_args.push_to_hub:  # the folder as it is on disk: model, tokenizer, threshold, code, card
+            push_model_folder(training_args.output_dir,
+                              training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
+                              token=training_args.hub_token, private=bool(training_args.hub_private_repo))
     return 0
 
 
@@ -178,9 +186,16 @@ def cli(argv: list[str] | None = None) -> int:
     """Console entry point: input and configuration errors are reported in one line, not as a traceback."""
     try:
         return main(argv)
-    except (ConfigError, DataError, NonFiniteLossError) as error:
+    except (ConfigError, DataError, NonFiniteLossError, HubError) as error:
         logger.error("%s", error)
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (hub_errors.LocalTokenNotFoundError, hub_errors.OfflineModeIsEnabled, hub_errors.HfHubHTTPError) as error:
+        # --push_to_hub makes the Trainer create the hub repository at start.
+        message = f"--push_to_hub: the hub cannot be used ({type(error).__name__}: {error}). Log in with " \
+                  "`hf auth login` (or set HF_TOKEN) on a machine with network access, or drop --push_to_hub."
+        logger.error("%s", message)
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -121,8 +121,13 @@ class GracefulStopCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
+        self.restore_signal_handler()
+
+    def restore_signal_handler(self) -> None:
+        """Give SIGTERM back to its previous handler; also for a train() that ended in an exception."""
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
 
 class ReproducibleResumeCallback(TrainerCallback):

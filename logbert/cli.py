@@ -13,6 +13,7 @@ import numpy as np
 from transformers import HfArgumentParser
 
 from .data import DataError, Rejection, write_rejections
+from .export import write_model_card
 from .evaluation import (CountVectorBaseline, detection_metrics, expand_inputs, iter_sessions, score_stream,
                          write_plots)
 
@@ -180,6 +181,13 @@ def _evaluate(args: EvaluateArguments) -> int:
                 row["count_vector_baseline_anomaly"] = bool(baseline_scores[index] > 0.5)
             handle.write(json.dumps(row) + "\n")
     plots = write_plots(output_dir, scores, labels, threshold, baseline_scores)
+    model_dir = Path(args.model)
+    if (model_dir / "config.json").exists() and os.access(model_dir, os.W_OK):
+        # The model card reports detection quality once it has been measured.
+        (model_dir / "detection_metrics.json").write_text(json.dumps(
+            {**report["logbert"], "score_name": report["score_name"], **{f"test_{k}": v for k, v in
+                                                                       report["counts"].items()}}, indent=2))
+        write_model_card(model_dir)
     _report_rejections(rejected, str(output_dir))
     _print_report(report)
     logger.info("Wrote %s, %s and %s", output_dir / "metrics.json", output_dir / "scores.jsonl", ", ".join(plots))
@@ -206,3 +214,26 @@ def _print_report(report: dict) -> None:
     print(f"\n{counts['normal']} normal, {counts['anomalous']} anomalous sessions "
           f"({counts['distinct_sessions']} distinct); threshold {report['logbert']['threshold']:.4g} "
           f"on score '{report['score_name']}'\n")
+
+
+@dataclass
+class PushArguments:
+    model: str = field(metadata={"help": "Exported model folder (OUT or OUT/best_model)."})
+    repo_id: str = field(metadata={"help": "Hub repository, e.g. ORG/logbert-hdfs."})
+    token: str | None = field(default=None, metadata={"help": "Hub token. Default: HF_TOKEN or the saved login."})
+    private: bool = field(default=False, metadata={"help": "Create the repository as private."})
+
+
+def push_main(argv: list[str] | None = None) -> int:
+    """logbert-push: upload a trained model folder, as it is on disk, to the Hugging Face hub."""
+    from .hub import HubError, push_model_folder
+
+    _setup_logging()
+    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
+    try:
+        url = push_model_folder(args.model, args.repo_id, token=args.token, private=args.private)
+    except HubError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"pushed {args.model} to {url}")
+    return 0

@@ -1,4 +1,4 @@
-"""MLM masking of log sessions with `DataCollatorForLanguageModeling` (15% of events, 80/10/10)."""
+"""MLM masking of log sessions with `DataCollatorForLanguageModeling` (15% of events, 80/10/10), plus the end slot."""
 
 from __future__ import annotations
 
@@ -60,6 +60,46 @@ class LogSessionCollator(DataCollatorForLanguageModeling):
         return inputs, labels
 
 
+@dataclass
+class EndOfSessionCollator:
+    """Wraps the MLM collator: some sessions end in a masked "end slot" instead of [SEP].
+
+    Per-event MLM cannot see that events are missing: a truncated HDFS session such as `22 5 5` is locally
+    plausible everywhere. So, for a share `probability` of the sessions, the final [SEP] becomes [MASK] and the
+    model must predict what is there: [SEP] for a complete session (half of them), the next event for a random
+    prefix (the other half). At scoring time `-log P([SEP] | session, end slot)` then says how unlikely it is
+    that the session ends where it ends.
+    """
+
+    collator: object
+    probability: float = 0.5
+
+    def __call__(self, examples):
+        if "labels" in examples[0]:  # evaluation sessions, masked ahead of time: plain MLM
+            return self.collator(examples)
+        tokenizer = self.collator.tokenizer
+        sep, mask = tokenizer.sep_token_id, tokenizer.mask_token_id
+        ends = []  # (row, position, label)
+        reshaped = []
+        draws = torch.rand(len(examples), 2)
+        for row, example in enumerate(examples):
+            ids = list(example["input_ids"])
+            events = len(ids) - 2
+            if events >= 1 and draws[row, 0] < self.probability:
+                if events == 1 or draws[row, 1] < 0.5:
+                    ids, label = ids[:-1] + [mask], sep
+                else:
+                    cut = int(torch.randint(1, events, (1,)))  # keep events 1..cut, predict event cut+1
+                    ids, label = ids[: cut + 1] + [mask], ids[cut + 1]
+                ends.append((row, len(ids) - 1, label))
+            reshaped.append({**example, "input_ids": ids})
+        batch = self.collator(reshaped)
+        for row, position, label in ends:
+            batch["input_ids"][row, position] = mask
+            batch["labels"][row, position] = label
+        return batch
+
+
 def build_collator(tokenizer, data_args, seed: int | None = None) -> LogSessionCollator:
     return LogSessionCollator(
         tokenizer=tokenizer,
@@ -98,3 +138,11 @@ def _masking_fingerprint(dataset, tokenizer, data_args, seed: int) -> str:
     settings = (dataset._fingerprint, seed, data_args.mlm_probability, data_args.mask_replace_prob,
                 data_args.random_replace_prob, vocabulary_fingerprint(tokenizer))
     return "masked-" + hashlib.sha256(repr(settings).encode()).hexdigest()[:32]
+
+
+def build_training_collator(tokenizer, data_args):
+    """The training collator: MLM masking, and the end slot on `end_of_session_probability` of the sessions."""
+    collator = build_collator(tokenizer, data_args)
+    if data_args.end_of_session_probability > 0:
+        return EndOfSessionCollator(collator, data_args.end_of_session_probability)
+    return collator

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from datasets import Dataset, concatenate_datasets
+from datasets import Dataset
+from datasets.table import MemoryMappedTable, concat_tables
 
 from .config import SAMPLE_TRAIN_FILE, DataArguments
 
@@ -871,8 +872,14 @@ def build_shard(path: str, settings: ParseSettings, cache_root: Path, overwrite:
         with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
             writer.write_table(table, max_chunksize=10_000)
 
+    def write_id_hashes(tmp: str) -> None:
+        ids = table["session_id"] if "session_id" in table.column_names else pa.array([], pa.string())
+        with open(tmp, "wb") as handle:
+            np.save(handle, _session_id_hashes(ids))
+
     # The Arrow file first, its metadata last: a crash in between leaves no shard that looks complete.
     _write_atomically(arrow_path, write_arrow)
+    _write_atomically(_id_hashes_path(arrow_path), write_id_hashes)
     meta = {
         "source": path,
         "arrow_path": str(arrow_path),
@@ -987,23 +994,67 @@ class SessionCorpus:
 
 def _datasets_of(shards: list[FileShard], dropped: dict[str, np.ndarray] | None = None) -> Dataset | None:
     """One dataset over the shards' Arrow files, without the rows in `dropped` (arrow path -> row indices)."""
-    parts = []
-    for shard in shards:
-        if not shard.sessions:
-            continue
-        part = Dataset.from_file(shard.arrow_path)
-        if dropped and shard.arrow_path in dropped:
-            part = part.select(np.setdiff1d(np.arange(len(part)), dropped[shard.arrow_path]))
-        if len(part):
-            parts.append(part)
-    if not parts:
+    shards = [shard for shard in shards if shard.sessions]
+    if not shards:
         return None
-    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+    # One memory-mapped table over all the files, and one Dataset: Dataset.from_file per shard hashes a fingerprint
+    # for each (seconds for a few hundred files); the shard keys already identify the content.
+    fingerprint = hashlib.sha256(json.dumps([Path(s.arrow_path).stem for s in shards]).encode()).hexdigest()[:32]
+    dataset = Dataset(concat_tables([MemoryMappedTable.from_file(s.arrow_path) for s in shards]),
+                      fingerprint=fingerprint)
+    if dropped:
+        keep = np.ones(len(dataset), dtype=bool)
+        offset = 0
+        for shard in shards:
+            if shard.arrow_path in dropped:
+                keep[offset + dropped[shard.arrow_path]] = False
+            offset += shard.sessions
+        dataset = dataset.select(np.flatnonzero(keep))
+    return dataset if len(dataset) else None
 
 
 def _read_shard_columns(shard: FileShard, columns: list[str]) -> pa.Table:
     with pa.memory_map(shard.arrow_path) as source:
         return pa.ipc.open_stream(source).read_all().select(columns)
+
+
+def _session_id_hashes(session_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """64-bit FNV-1a hashes of the non-empty session ids, all ids at once (one numpy step per byte position).
+
+    Equal ids hash equal; a collision of different ids only costs the exact check. The first and the last 64
+    bytes and the length are hashed, which bounds the work for very long ids.
+    """
+    if isinstance(session_ids, pa.ChunkedArray):
+        session_ids = session_ids.combine_chunks()
+    if not len(session_ids):
+        return np.zeros(0, dtype=np.uint64)
+    offset_type = np.int64 if pa.types.is_large_string(session_ids.type) else np.int32
+    offsets = np.frombuffer(session_ids.buffers()[1], dtype=offset_type)[session_ids.offset:
+                                                                           session_ids.offset + len(session_ids) + 1]
+    data = session_ids.buffers()[2]
+    values = np.frombuffer(data, dtype=np.uint8) if data is not None and data.size else np.zeros(1, np.uint8)
+    lengths = np.diff(offsets)
+    starts, ends = offsets[:-1], offsets[1:]
+    prime = np.uint64(0x100000001B3)
+    hashes = (np.full(len(lengths), 0xCBF29CE484222325, dtype=np.uint64) ^ lengths.astype(np.uint64)) * prime
+    for position in range(min(int(lengths.max()), 64)):
+        inside = lengths > position
+        for index in (starts + position, ends - 1 - position):
+            byte = values[np.where(inside, index, 0)].astype(np.uint64)
+            hashes = np.where(inside, (hashes ^ byte) * prime, hashes)
+    return hashes[lengths > 0]
+
+
+def _id_hashes_path(arrow_path: str | Path) -> Path:
+    return Path(arrow_path).with_suffix(".ids.npy")
+
+
+def _session_id_hashes_of(shard: FileShard) -> np.ndarray:
+    """The shard's session-id hashes, written beside it when it was built (computed here for an older cache)."""
+    path = _id_hashes_path(shard.arrow_path)
+    if path.exists():
+        return np.load(path)
+    return _session_id_hashes(_read_shard_columns(shard, ["session_id"])["session_id"])
 
 
 def find_duplicate_sessions(shards: list[FileShard], skip_bad_records: bool) -> tuple[dict[str, np.ndarray],
@@ -1014,6 +1065,11 @@ def find_duplicate_sessions(shards: list[FileShard], skip_bad_records: bool) -> 
     validation score. With `skip_bad_records` the first occurrence (in file order, then record order) is kept
     and the later ones are rejected. Returns ({arrow path: row indices to drop}, rejections).
     """
+    hashes = [_session_id_hashes_of(shard) for shard in shards if shard.sessions]
+    if hashes:  # all hashes different: no duplicate, without reading millions of ids
+        hashes = np.sort(np.concatenate(hashes))
+        if not (hashes[1:] == hashes[:-1]).any():
+            return {}, []
     parts = []
     for index, shard in enumerate(shards):
         if not shard.sessions:

@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 TRAINING_CONFIG_FILE = "training_config.yaml"
 DATA_SUMMARY_FILE = "data_summary.json"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+# One of these holds the weights of a checkpoint: single file or sharded (the index is written after the shards).
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                      "pytorch_model.bin.index.json")
 
 
 def save_model_folder(model, tokenizer, directory: str | os.PathLike, training_config: dict[str, Any] | None = None,
@@ -42,6 +45,8 @@ def save_model_folder(model, tokenizer, directory: str | os.PathLike, training_c
         (directory / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(training_config, sort_keys=False))
     if data_summary is not None:
         (directory / DATA_SUMMARY_FILE).write_text(json.dumps(data_summary, indent=2))
+    if metrics:  # the card is regenerated later (threshold calibration) from what the folder holds
+        (directory / "eval_results.json").write_text(json.dumps(metrics, indent=2, default=str))
     write_model_card(directory, metrics=metrics)
     return directory
 
@@ -141,7 +146,7 @@ With the `logbert` package installed, `from logbert import LogAnomalyPipeline` g
 def is_complete_checkpoint(path: Path) -> bool:
     """The Trainer writes trainer_state.json last: a folder without a readable one was cut off mid-write."""
     state = path / "trainer_state.json"
-    has_weights = any((path / name).exists() for name in ("model.safetensors", "pytorch_model.bin"))
+    has_weights = any((path / name).exists() for name in CHECKPOINT_WEIGHTS)
     return has_weights and bool(_read_json(state))
 
 

@@ -94,3 +94,34 @@ def test_two_process_ddp_on_cpu_trains(tmp_path):
     assert state["global_step"] == 20
     assert state["epoch"] == pytest.approx(20 * 64 / 4612, rel=0.1)
     assert (output_dir / "best_model" / "model.safetensors").exists()
+
+
+def test_push_without_network_is_a_clear_error_not_a_traceback(trained_model_dir, capsys, monkeypatch):
+    from logbert.cli import push_main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert push_main(["--model", str(trained_model_dir / "best_model"), "--repo_id", "org/logbert-test"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "HF_HUB_OFFLINE" in error and "Traceback" not in error
+
+
+def test_push_refuses_a_folder_that_is_not_an_exported_model(tmp_path, capsys):
+    from logbert.cli import push_main
+
+    assert push_main(["--model", str(tmp_path), "--repo_id", "org/x"]) == 2
+    assert "not an exported LogBERT model folder" in capsys.readouterr().err
+
+
+def test_exported_folder_is_what_gets_pushed(trained_model_dir):
+    from logbert.hub import REQUIRED_FILES
+
+    for folder in (trained_model_dir, trained_model_dir / "best_model"):
+        for name in REQUIRED_FILES + ("tokenizer_config.json", "training_config.yaml", "data_summary.json"):
+            assert (folder / name).exists(), f"{folder}/{name}"
+        assert not (folder / "pytorch_model.bin").exists()  # safetensors only: loading never unpickles
+        config = json.loads((folder / "config.json").read_text())
+        assert config["custom_pipelines"]["log-anomaly"]["impl"] == "pipeline.LogAnomalyPipeline"
+        for key in ("anomaly_threshold", "num_candidates", "score_name"):
+            assert key in config
+        card = (folder / "README.md").read_text()
+        assert "pipeline(\"log-anomaly\"" in card and "train_sessions" in card and "eval_loss" in card

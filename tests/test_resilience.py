@@ -162,11 +162,11 @@ def test_killed_run_resumes_from_last_complete_checkpoint_to_identical_weights(t
 
 
 def test_find_latest_checkpoint_skips_checkpoints_cut_off_while_saving(tmp_path):
-    def checkpoint(step: int, weights: bool = True, state: str | None = '{"global_step": 0}') -> Path:
+    def checkpoint(step: int, weights: str | None = "model.safetensors", state: str | None = '{"global_step": 0}'):
         path = tmp_path / f"checkpoint-{step}"
         path.mkdir()
         if weights:
-            (path / "model.safetensors").write_bytes(b"weights")
+            (path / weights).write_bytes(b"weights")
         if state is not None:
             (path / "trainer_state.json").write_text(state)
         return path
@@ -178,11 +178,14 @@ def test_find_latest_checkpoint_skips_checkpoints_cut_off_while_saving(tmp_path)
     checkpoint(20, state=None)  # died before trainer_state.json, which the Trainer writes last
     checkpoint(30, state='{"global_step": 30, "best_met')  # died while writing it
     checkpoint(40, state="")
-    checkpoint(50, weights=False)  # the weights were never written
-    (tmp_path / "checkpoint-60.tmp").mkdir()
-    (tmp_path / "checkpoint-70").write_text("not a folder")
+    checkpoint(50, weights=None)  # the weights were never written
+    checkpoint(60, weights="model-00001-of-00002.safetensors", state=None)  # a sharded save, cut off
+    (tmp_path / "checkpoint-70.tmp").mkdir()
+    (tmp_path / "checkpoint-80").write_text("not a folder")
     assert find_latest_checkpoint(tmp_path) == str(complete)
     assert not is_complete_checkpoint(tmp_path / "checkpoint-30")
+    sharded = checkpoint(90, weights="model.safetensors.index.json")  # written after all the shards
+    assert find_latest_checkpoint(tmp_path) == str(sharded)
 
 
 # ---- SIGTERM: save, exit 0, resume -----------------------------------------------------------------------------------

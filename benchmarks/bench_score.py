@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Scoring throughput of `LogAnomalyPipeline` (the `log-anomaly` task), in sessions and events per second.
+
+    PYTHONPATH=. python benchmarks/bench_score.py --model OUTPUT_DIR/best_model --data-dir /tmp/logbert-corpus
+    PYTHONPATH=. python benchmarks/bench_score.py --lengths heavy --num-sessions 48     # an untrained small model
+
+Scoring masks every event of a session once (plus the end-of-session slot), so a session of n events costs n + 1
+rows of about n tokens: throughput falls with the square of the session length, and --lengths matters. Without
+--model, a freshly initialised model (the project's default size, or --config's) is saved with its token-id
+tokenizer and loaded back through `pipeline(...)`: throughput does not depend on the weights. Sessions are all
+different (the pipeline scores identical sessions once; real logs repeat many, so real streams go faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import pipeline
+
+from benchmarks.generate_corpus import CLS_ID, SEP_ID, SessionSampler, load_hdfs_sessions
+from logbert.config import parse_args
+from logbert.data import TOKEN_IDS_KIND
+from logbert.export import save_model_folder
+from logbert.model import build_model
+from logbert.pipeline import LogAnomalyPipeline
+from logbert.tokenizer import build_token_id_tokenizer
+
+
+def untrained_model_dir(config: str | None, directory: str) -> str:
+    """A model folder as training writes it, with freshly initialised weights."""
+    model_args, _, _, _ = parse_args([*(["--config", config] if config else []), "--output_dir", directory])
+    tokenizer = build_token_id_tokenizer(model_args.vocab_size)
+    torch.manual_seed(0)
+    model = build_model(model_args, tokenizer, TOKEN_IDS_KIND)
+    save_model_folder(model, tokenizer, directory)
+    return directory
+
+
+def session_objects(args: argparse.Namespace, count: int) -> list[dict]:
+    """Sessions in the reference JSON format (`token_ids`, `attention_mask`, `event_sequence`, `session_id`)."""
+    if args.data_dir:
+        sessions = []
+        for path in sorted(Path(args.data_dir).glob("*.json")):
+            sessions.extend(json.loads(path.read_text()))
+            if len(sessions) >= count:
+                return sessions[:count]
+        return sessions
+    hdfs, _ = load_hdfs_sessions()
+    sampler = SessionSampler.fit(hdfs, args.lengths, services=32, vocab_size=10000, max_seq_length=512,
+                                 seed=args.seed)
+    tokens, offsets = sampler.sample_sessions(count, np.random.default_rng(args.seed))
+    sessions = []
+    for i in range(count):
+        events = tokens[offsets[i]: offsets[i + 1]].tolist()
+        ids = [CLS_ID, *events, SEP_ID]
+        sessions.append({"token_ids": ids, "attention_mask": [1] * len(ids),
+                         "event_sequence": [f"E{e}" for e in events], "session_id": f"bench-{i}"})
+    return sessions
+
+
+def time_scoring(detector, sessions: list[dict], **kwargs) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    detector(sessions, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="A trained LogBERT folder (default: an untrained one).")
+    parser.add_argument("--config", default=None, help="Model size of the untrained model (a YAML config).")
+    parser.add_argument("--data-dir", default=None, help="Sessions from a generate_corpus.py corpus (else drawn).")
+    parser.add_argument("--lengths", choices=["heavy", "hdfs"], default="heavy", help="Drawn session lengths.")
+    parser.add_argument("--num-sessions", type=int, default=48, help="Sessions timed.")
+    parser.add_argument("--warmup-sessions", type=int, default=4, help="Sessions scored first, untimed.")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--batch-tokens", type=int, default=65536, help="Tokens per forward pass.")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    logging.basicConfig(level=logging.WARNING)
+    transformers.utils.logging.set_verbosity_error()
+    temporary = tempfile.TemporaryDirectory(prefix="logbert-bench-score-")
+    model_dir = args.model or untrained_model_dir(args.config, temporary.name)
+    detector = pipeline("log-anomaly", model=model_dir, pipeline_class=LogAnomalyPipeline, device=args.device,
+                        dtype=getattr(torch, args.dtype))
+    sessions = session_objects(args, args.warmup_sessions + args.num_sessions)
+    warmup, timed = sessions[: args.warmup_sessions], sessions[args.warmup_sessions:]
+    detector(warmup, return_events=False, batch_tokens=args.batch_tokens)
+    events = sum(sum(s["attention_mask"]) - 2 for s in timed)
+
+    results = {}
+    for return_events in (False, True):
+        detector._cache.clear()  # every timed session is scored, none answered from the cache
+        seconds = time_scoring(detector, timed, return_events=return_events, batch_tokens=args.batch_tokens)
+        results[f"return_events={return_events}"] = {
+            "seconds": seconds,
+            "sessions_per_second": len(timed) / seconds,
+            "events_per_second": events / seconds,
+        }
+    summary = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "model": args.model or f"untrained ({args.config or 'project default size'})",
+        "parameters_millions": sum(p.numel() for p in detector.model.parameters()) / 1e6,
+        "dtype": args.dtype,
+        "sessions": len(timed),
+        "mean_events_per_session": events / len(timed),
+        "source": args.data_dir or f"drawn ({args.lengths} lengths)",
+        "load_average": os.getloadavg()[0],
+        "results": results,
+    }
+    print(json.dumps(summary, indent=2))
+    rows = [f"{'mode':22s} {'sessions/s':>11} {'events/s':>10}"]
+    rows += [f"{mode:22s} {r['sessions_per_second']:11.2f} {r['events_per_second']:10.0f}" for mode, r in results.items()]
+    print("\n" + "\n".join(rows), file=sys.stderr)
+    temporary.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+#!/usr/bin/env python
+"""Training throughput: the reference's naive setup against the project's default, same model, one run.
+
+    PYTHONPATH=. python benchmarks/bench_train.py --steps 12                      # CPU: the small default model
+    PYTHONPATH=. python benchmarks/bench_train.py --config configs/logbert-base.yaml --device cuda \\
+        --steps 50 --peak-tflops 989                                              # one H100, BERT-base
+
+Both setups build what users run (`parse_args` -> `build_model` -> `build_training_collator` -> `Trainer`)
+on the same sessions; they differ only in the settings that the issue names:
+  naive   -- every batch padded to max_seq_length, random batches, dense MLM head (logits at every position),
+             no end-of-session slot, fp32 (fp16 on a GPU): the reference setup.
+  default -- the project's defaults: length-grouped batches, dynamic padding to a multiple of 8, the sparse MLM
+             head, the end-of-session slot, bf16 on a GPU that supports it.
+Setups with length-grouped batches are timed over one whole megabatch
+(50 batches: the sampler sorts each one longest first, so fewer steps would see only long sessions); the
+others over --steps. Real tokens are the attention-mask ones the model saw; token slots are everything it computed, padding
+included. Model FLOPs count the useful work on real tokens only: 6 x (matmul parameters: encoder, MLM transform
+and decoder) per token plus 12 x layers x hidden x length per token for attention, so MFU is comparable across
+setups. Sessions come from --data-dir (a generate_corpus.py corpus) or are drawn in memory the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import transformers
+from datasets import Dataset
+from transformers import Trainer, TrainerCallback, set_seed
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from benchmarks.generate_corpus import CLS_ID, SEP_ID, SessionSampler, load_hdfs_sessions
+from logbert.collator import build_training_collator
+from logbert.config import DataArguments, parse_args
+from logbert.data import TOKEN_IDS_KIND, load_corpus, model_inputs
+from logbert.model import build_model
+from logbert.tokenizer import build_token_id_tokenizer
+
+SETUPS = {
+    "naive": {"train_sampling_strategy": "random", "sparse_mlm_head": "false", "end_of_session_probability": "0"},
+    "default": {},
+}
+ABLATIONS = {  # one default setting changed back at a time: what each is worth
+    "default_random_batches": {"train_sampling_strategy": "random"},
+    "default_dense_head": {"sparse_mlm_head": "false"},
+    "default_no_end_of_session": {"end_of_session_probability": "0"},
+}
+# transformers' LengthGroupedSampler sorts megabatches of up to 50 batches longest first: timing fewer steps than
+# a megabatch would time the longest sessions only. Grouped setups are timed over one whole megabatch.
+MEGABATCH_BATCHES = 50
+
+
+class ThroughputMeter(TrainerCallback):
+    """Counts what the model computed each step (a forward pre-hook) and the time between step ends."""
+
+    def __init__(self, model: torch.nn.Module, warmup_steps: int):
+        self.warmup_steps = warmup_steps
+        self.steps: list[dict] = []
+        self._pending = {"real": 0, "slots": 0, "squares": 0, "sessions": 0}
+        self._last_end = None
+        model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def _count(self, module, args, kwargs):
+        if not module.training:
+            return
+        mask = kwargs["attention_mask"]  # (B, T)
+        lengths = mask.sum(dim=1)
+        self._pending["real"] += lengths.sum()
+        self._pending["squares"] += (lengths.double() ** 2).sum()
+        self._pending["slots"] += mask.numel()
+        self._pending["sessions"] += mask.shape[0]
+
+    def _now(self) -> float:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last_end = self._now()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = self._now()
+        step = {name: float(value) for name, value in self._pending.items()}
+        step["seconds"] = now - self._last_end
+        self.steps.append(step)
+        self._pending = {name: 0 for name in self._pending}
+        self._last_end = now
+
+    def timed_steps(self) -> list[dict]:
+        return self.steps[self.warmup_steps:]
+
+
+def flops_per_batch(config, real_tokens: float, sum_of_squared_lengths: float) -> float:
+    """Model FLOPs (forward + backward) of the useful work: real tokens only, no padding."""
+    hidden, layers, inner = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    matmul_parameters = layers * (4 * hidden * hidden + 2 * hidden * inner) + hidden * hidden + hidden * config.vocab_size
+    return 6 * matmul_parameters * real_tokens + 12 * layers * hidden * sum_of_squared_lengths
+
+
+def synthetic_sessions(count: int, lengths: str, max_seq_length: int, seed: int) -> Dataset:
+    """`count` sessions drawn as generate_corpus.py draws them: [CLS] events [SEP], cut to max_seq_length."""
+    sessions, _ = load_hdfs_sessions()
+    sampler = SessionSampler.fit(sessions, lengths, services=32, vocab_size=10000, max_seq_length=512, seed=seed)
+    tokens, offsets = sampler.sample_sessions(count, np.random.default_rng(seed))
+    input_ids = []
+    for i in range(count):
+        events = tokens[offsets[i]: offsets[i + 1]][: max_seq_length - 2].tolist()
+        input_ids.append([CLS_ID, *events, SEP_ID])
+    return Dataset.from_dict({"input_ids": input_ids, "length": [len(ids) for ids in input_ids]})
+
+
+def timed_steps_for(overrides: dict, args: argparse.Namespace) -> int:
+    if overrides.get("train_sampling_strategy", "group_by_length") != "group_by_length":
+        return args.steps
+    megabatch = min(args.num_sessions // (4 * args.batch_size), MEGABATCH_BATCHES)  # as LengthGroupedSampler does
+    return max(args.steps, megabatch - args.warmup_steps)
+
+
+def run_setup(name: str, overrides: dict, args: argparse.Namespace, dataset_for, tokenizer) -> dict:
+    device_flags = ["--use_cpu", "true"] if args.device == "cpu" else []
+    precision = {"naive": "fp16"}.get(name, "auto") if args.device != "cpu" else "no"
+    argv = [
+        *(["--config", args.config] if args.config else []),
+        "--output_dir", os.path.join(args.output_dir, name),
+        "--max_steps", str(timed_steps_for(overrides, args) + args.warmup_steps),
+        "--per_device_train_batch_size", str(args.batch_size),
+        "--report_to", "none", "--save_strategy", "no", "--eval_strategy", "no",
+        "--logging_steps", "1", "--disable_tqdm", "true", "--dataloader_num_workers", "0",
+        "--seed", str(args.seed), "--mixed_precision", precision, *device_flags,
+    ]
+    for key, value in overrides.items():
+        argv += [f"--{key}", value]
+    model_args, data_args, training_args, _ = parse_args(argv)
+    if name == "naive":  # pad every batch to the longest a session may be
+        data_args.pad_to_multiple_of = data_args.max_seq_length
+    set_seed(training_args.seed)
+    model = build_model(model_args, tokenizer, TOKEN_IDS_KIND)
+    collator = build_training_collator(tokenizer, data_args)
+    meter = ThroughputMeter(model, args.warmup_steps)
+    trainer = Trainer(model=model, args=training_args, train_dataset=model_inputs(dataset_for(data_args)),
+                      processing_class=tokenizer, data_collator=collator, callbacks=[meter])
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.train()
+
+    steps = meter.timed_steps()
+    seconds = sum(s["seconds"] for s in steps)
+    real = sum(s["real"] for s in steps)
+    slots = sum(s["slots"] for s in steps)
+    flops = sum(flops_per_batch(model.config, s["real"], s["squares"]) for s in steps)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    result = {
+        "setup": name,
+        "settings": {
+            "train_sampling_strategy": training_args.train_sampling_strategy,
+            "pad_to_multiple_of": data_args.pad_to_multiple_of,
+            "sparse_mlm_head": model.config.sparse_mlm_head,
+            "end_of_session_probability": data_args.end_of_session_probability,
+            "precision": "bf16" if training_args.bf16 else "fp16" if training_args.fp16 else "fp32",
+        },
+        "timed_steps": len(steps),
+        "step_seconds": seconds / len(steps),
+        "real_tokens_per_second": real / seconds,
+        "token_slots_per_second": slots / seconds,
+        "padding_efficiency": real / slots,
+        "sessions_per_second": sum(s["sessions"] for s in steps) / seconds,
+        "mean_real_tokens_per_session": real / sum(s["sessions"] for s in steps),
+        "model_tflops_per_second": flops / seconds / 1e12,
+        "mfu": flops / seconds / 1e12 / args.peak_tflops if args.peak_tflops else None,
+        "first_loss": losses[0] if losses else None,
+        "last_loss": losses[-1] if losses else None,
+    }
+    del trainer, model
+    return result
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=None, help="A model/training YAML (default: the project defaults, "
+                        "a 2-layer 128-wide model).")
+    parser.add_argument("--steps", type=int, default=10,
+                        help="Timed steps of the random-batch setups (grouped ones: a whole megabatch, at least this).")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="Untimed steps first.")
+    parser.add_argument("--batch-size", type=int, default=32, help="Sessions per step (the reference: 32 per GPU).")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="Peak dense TFLOP/s of the device at the precision used, for MFU (H100 SXM bf16: 989).")
+    parser.add_argument("--data-dir", default=None, help="Sessions from a generate_corpus.py corpus (else drawn).")
+    parser.add_argument("--lengths", choices=["heavy", "hdfs"], default="heavy", help="Drawn session lengths.")
+    parser.add_argument("--num-sessions", type=int, default=20000, help="Sessions to draw or load.")
+    parser.add_argument("--ablations", action="store_true", help="Also time the default with one setting undone.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-dir", default=None, help="Trainer output (default: a temporary directory).")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    logging.basicConfig(level=logging.WARNING)
+    transformers.utils.logging.set_verbosity_warning()
+    temporary = tempfile.TemporaryDirectory(prefix="logbert-bench-train-")
+    args.output_dir = args.output_dir or temporary.name
+    tokenizer = build_token_id_tokenizer(10000)
+    cache: dict[int, Dataset] = {}
+
+    def dataset_for(data_args: DataArguments) -> Dataset:
+        """The same sessions for every setup, cut to the configuration's max_seq_length."""
+        if data_args.max_seq_length not in cache:
+            if args.data_dir:
+                loaded = DataArguments(data_dir=args.data_dir, max_seq_length=data_args.max_seq_length,
+                                       validation_split_percentage=0, max_train_samples=args.num_sessions,
+                                       data_cache_dir=os.path.join(args.output_dir, "cache"))
+                cache[data_args.max_seq_length] = load_corpus(loaded, 10000, args.seed).train
+            else:
+                cache[data_args.max_seq_length] = synthetic_sessions(args.num_sessions, args.lengths,
+                                                                     data_args.max_seq_length, args.seed)
+        return cache[data_args.max_seq_length]
+
+    setups = {**SETUPS, **(ABLATIONS if args.ablations else {})}
+    results = {name: run_setup(name, overrides, args, dataset_for, tokenizer) for name, overrides in setups.items()}
+    naive, default = results["naive"], results["default"]
+    summary = {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
+        "config": args.config or "(project defaults)",
+        "batch_size": args.batch_size,
+        "sessions": args.data_dir or f"{args.num_sessions} drawn ({args.lengths} lengths)",
+        "real_token_speedup": default["real_tokens_per_second"] / naive["real_tokens_per_second"],
+        "load_average": os.getloadavg()[0],
+        "setups": results,
+    }
+    print(json.dumps(summary, indent=2))
+    header = f"{'setup':24s} {'step s':>8} {'real tok/s':>11} {'slots/s':>10} {'pad eff':>8} {'TFLOP/s':>8} {'MFU':>6}"
+    lines = [header]
+    for result in results.values():
+        mfu = f"{result['mfu']:.1%}" if result["mfu"] is not None else "-"
+        lines.append(f"{result['setup']:24s} {result['step_seconds']:8.3f} {result['real_tokens_per_second']:11.0f} "
+                     f"{result['token_slots_per_second']:10.0f} {result['padding_efficiency']:8.1%} "
+                     f"{result['model_tflops_per_second']:8.3f} {mfu:>6}")
+    lines.append(f"default / naive real-token throughput: {summary['real_token_speedup']:.2f}x")
+    print("\n" + "\n".join(lines), file=sys.stderr)
+    temporary.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
