@@ -1,4 +1,4 @@
-"""Console entry points: logbert-score, logbert-evaluate, logbert-push."""
+"""Console entry points: logbert-score, logbert-evaluate, logbert-calibrate, logbert-push."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from transformers import HfArgumentParser
 
 from .data import DataError, Rejection, write_rejections
 from .export import write_model_card
-from .evaluation import (CountVectorBaseline, detection_metrics, expand_inputs, iter_sessions, score_stream,
-                         write_plots)
+from .evaluation import (CountVectorBaseline, apply_scoring_config, calibrate, detection_metrics, expand_inputs,
+                         iter_sessions, score_stream, tune_threshold_on_dev, write_plots)
 
 logger = logging.getLogger("logbert")
 
@@ -236,4 +236,46 @@ def push_main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"pushed {args.model} to {url}")
+    return 0
+
+
+@dataclass
+class CalibrateArguments:
+    model: str = field(metadata={"help": "Trained LogBERT folder whose threshold is (re)set."})
+    normal: list[str] | None = field(
+        default=None, metadata={"help": "Held-out normal sessions: the threshold flags --target_fpr of them."}
+    )
+    dev: list[str] | None = field(
+        default=None,
+        metadata={"help": "Optional labelled development files ('label' on every record): the threshold "
+                  "maximises F1 on them. Never use the test set here."},
+    )
+    target_fpr: float = field(default=0.001, metadata={"help": "Share of --normal sessions flagged."})
+    score_name: str | None = field(default=None, metadata={"help": "Session score to threshold."})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda ... Default: a GPU when present."})
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    """logbert-calibrate: set a model's anomaly threshold from normal sessions (or a labelled dev set)."""
+    _setup_logging()
+    (args,) = HfArgumentParser(CalibrateArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
+    try:
+        if bool(args.normal) == bool(args.dev):
+            raise ValueError("give either --normal files (label-free) or --dev files (labelled), not both")
+        detector = load_detector(args.model, args.device)
+        if args.normal:
+            sessions = [s for _, _, s, _ in iter_sessions(expand_inputs(args.normal, "--normal"))]
+            settings = calibrate(detector, sessions, args.target_fpr, args.score_name)
+        else:
+            items = list(iter_sessions(expand_inputs(args.dev, "--dev")))
+            if any(label not in (0, 1) for *_, label in items):
+                raise DataError("--dev files need a 'label' (0/1) on every record")
+            settings = tune_threshold_on_dev(detector, [s for _, _, s, _ in items], [label for *_, label in items])
+        apply_scoring_config(args.model, settings)
+        write_model_card(args.model)
+    except (DataError, ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.model}: anomaly threshold {settings['anomaly_threshold']:.6g} on '{settings['score_name']}' "
+          f"from {settings['calibration_sessions']} sessions")
     return 0

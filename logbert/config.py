@@ -380,8 +380,10 @@ def _resolve_reference_keys(namespace: argparse.Namespace, cli: set[str], yaml_k
             setattr(namespace, target, value)
 
     precision = namespace.mixed_precision
-    if precision is None or {"fp16", "bf16"} & cli:
+    if {"fp16", "bf16"} & (cli | yaml_keys):  # the Hugging Face flags, when given, are the user's word
         return
+    if precision is None:  # nothing said: bf16 where the GPU supports it, else fp16 on a GPU, fp32 on a CPU
+        precision = "auto"
     if precision == "auto":
         precision = _best_precision()
     elif precision in ("fp16", "bf16") and not _cuda_available():

@@ -109,6 +109,24 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
     }
 
 
+def tune_threshold_on_dev(detector, sessions: list, labels: list[int]) -> dict[str, Any]:
+    """Threshold that maximises F1 on a labelled development set (never the test set)."""
+    results = detector.score(sessions, return_events=False, threshold=float("inf"))
+    scores, labels = np.array([r["anomaly_score"] for r in results]), np.asarray(labels)
+    if not (labels == 1).any() or not (labels == 0).any():
+        raise ValueError("a development set needs both normal and anomalous sessions")
+    candidates = np.unique(scores)
+    best = max(candidates, key=lambda t: _f1(scores > t, labels))
+    return {"anomaly_threshold": float(best), "threshold_target_fpr": None, "score_name": results[0]["score_name"],
+            "num_candidates": getattr(detector.model.config, "num_candidates", None) or 5,
+            "calibration_sessions": len(scores)}
+
+
+def _f1(flagged: np.ndarray, labels: np.ndarray) -> float:
+    tp = np.sum(flagged & (labels == 1))
+    return 2 * tp / (np.sum(flagged) + np.sum(labels == 1)) if tp else 0.0
+
+
 def apply_scoring_config(model_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
     """Write scoring settings into config.json (what `from_pretrained` and the pipeline read)."""
     path = Path(model_dir) / "config.json"

@@ -118,7 +118,8 @@ detector(["22 5 5 5 11 9 11 9 11 9 26 26 26 23 23 23 21 21 21"])
 # [{{'anomaly_score': ..., 'is_anomaly': False, 'threshold': ..., 'events': [...]}}]
 ```
 
-With the `logbert` package installed, `from logbert import LogAnomalyPipeline` gives the same pipeline and
+With the `logbert` package installed, `pipeline("log-anomaly", model=PATH, pipeline_class=LogAnomalyPipeline)`
+(`from logbert import LogAnomalyPipeline`) uses the package's code instead, and
 `logbert-score --model PATH --input FILES --output scores.jsonl` scores files.
 
 ## Data

@@ -125,3 +125,21 @@ def test_exported_folder_is_what_gets_pushed(trained_model_dir):
             assert key in config
         card = (folder / "README.md").read_text()
         assert "pipeline(\"log-anomaly\"" in card and "train_sessions" in card and "eval_loss" in card
+
+
+def test_calibrate_sets_the_threshold_from_normal_sessions_or_a_dev_set(trained_model_dir, tmp_path):
+    from logbert.cli import calibrate_main
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model_dir / "best_model", model)
+    assert calibrate_main(["--model", str(model), "--normal", str(NORMAL_FILE), "--target_fpr", "0.1"]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert config["threshold_target_fpr"] == 0.1 and config["calibration_sessions"] == 500
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"event_sequence": line.split(), "label": label}) + "\n"
+                           for path, label in ((NORMAL_FILE, 0), (ABNORMAL_FILE, 1))
+                           for line in path.read_text().splitlines()[:100]))
+    assert calibrate_main(["--model", str(model), "--dev", str(dev)]) == 0
+    tuned = json.loads((model / "config.json").read_text())
+    assert tuned["calibration_sessions"] == 200 and tuned["threshold_target_fpr"] is None
+    assert calibrate_main(["--model", str(model)]) == 2

@@ -40,8 +40,8 @@ def test_session_scores_follow_logbert_miss_criterion():
     assert scores["miss_ratio"] == pytest.approx(0.75)
     assert scores["mean_nll"] == pytest.approx(nll.mean())
     assert scores["max_nll"] == 5.0
-    assert scores["combined"] == 7.0  # the end slot is the worst surprise here
-    assert session_scores(nll, rank, unseen, 2, end_nll=1.0)["combined"] == 5.0
+    assert scores["combined"] == pytest.approx(5.0 + 7.0)  # the worst event plus the ending
+    assert session_scores(nll, rank, unseen, 2, end_nll=1.0)["combined"] == pytest.approx(6.0)
 
 
 def test_session_scores_reject_an_empty_session():
