@@ -976,7 +976,8 @@ class SessionCorpus:
     cache_key: str
 
     def summary(self) -> dict[str, Any]:
-        lengths = np.asarray(self.train["length"]) if len(self.train) else np.zeros(1)
+        # Through Arrow: indexing the dataset gives a lazy column that numpy would read one value at a time.
+        lengths = self.train.with_format("arrow")["length"].to_numpy() if len(self.train) else np.zeros(1)
         return {
             "kind": self.kind,
             "train_files": len(self.train_files),

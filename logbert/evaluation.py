@@ -100,6 +100,11 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
                              num_candidates=num_candidates, threshold=float("inf"))
     scores = np.array([r["anomaly_score"] for r in results])
     threshold = calibrate_threshold(scores, target_fpr)
+    if target_fpr * len(scores) < 1:
+        logger.warning(
+            "A false-positive rate of %g cannot be estimated from %d normal sessions: the threshold is their highest "
+            "score, so one unusual normal session sets it. Hold out more sessions (at least %d) or raise the target.",
+            target_fpr, len(scores), int(np.ceil(1 / target_fpr)) if target_fpr > 0 else 0)
     return {
         "anomaly_threshold": threshold,
         "threshold_target_fpr": target_fpr,
