@@ -49,7 +49,7 @@ def _load_in_child(args: argparse.Namespace, results) -> None:
     from logbert import data
 
     if args.slow_path:  # the parser before the fast path, for comparison (in-process workers only)
-        data.parse_token_json_fast = lambda path, settings: None
+        data._parse_token_json_fast = lambda path, settings: None
     data_args = data_arguments(args)
     if args.max_files:
         files = sorted(str(p) for p in Path(args.data_dir).glob("*.json"))[: args.max_files]

@@ -554,7 +554,8 @@ class _ShardBuilder:
 # session objects, each array replaced by a NaN placeholder), so everything but the arrays is still read by
 # json.loads's own rules. It accepts only what it can prove well-formed in json.dump's layout (", " between
 # items, no indentation); any other layout, anything it cannot prove, and any record the slow path would
-# reject or cut send the whole file to the slow path, whose result and messages are therefore unchanged.
+# reject send the whole file to the slow path, so results and messages are the slow path's. Over-long sessions
+# are cut by the same function as there.
 
 _DIGIT_BYTES = frozenset(b"0123456789")
 _QUOTE = ord('"')
@@ -673,14 +674,7 @@ def _parse_integers(text: bytes, max_digits: int) -> tuple[np.ndarray, np.ndarra
     return value.astype(np.int64), ends - digits
 
 
-def _mask_template(ones: int, total: int, cache: dict) -> bytes:
-    key = (ones, total)
-    if key not in cache:
-        cache[key] = (b"1, " * ones + b"0, " * (total - ones))[:-2]
-    return cache[key]
-
-
-def parse_token_json_fast(path: str, settings: ParseSettings) -> tuple[pa.Table, _ShardBuilder] | None:
+def _parse_token_json_fast(path: str, settings: ParseSettings) -> tuple[pa.Table, _ShardBuilder] | None:
     """`parse_session_file` for a JSON array of valid token-id sessions; None whenever it cannot be sure.
 
     None means: use the slow path. It is returned for any other format or layout, any record the slow path
@@ -801,7 +795,7 @@ def parse_token_json_fast(path: str, settings: ParseSettings) -> tuple[pa.Table,
 
 def parse_session_file(path: str, settings: ParseSettings) -> tuple[pa.Table | None, _ShardBuilder]:
     """Read and validate one file. Returns its Arrow table (None when it holds no usable session)."""
-    fast = parse_token_json_fast(path, settings)
+    fast = _parse_token_json_fast(path, settings)
     if fast is not None:
         return fast
     builder = _ShardBuilder(path, settings)

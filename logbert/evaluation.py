@@ -224,4 +224,6 @@ def write_plots(output_dir: Path, scores: np.ndarray, labels: np.ndarray, thresh
 
 
 def expand_inputs(patterns: list[str] | None, what: str) -> list[str]:
-    return expand_data_files(patterns, what) if patterns else []
+    """Files in the order the user named them (each glob sorted), so output rows follow the input."""
+    files = [path for pattern in patterns or [] for path in expand_data_files([pattern], what)]
+    return list(dict.fromkeys(files))
