@@ -182,32 +182,24 @@ def write_plots(output_dir: Path, scores: np.ndarray, labels: np.ndarray, thresh
     finite = np.where(np.isfinite(scores), scores, np.nanmax(scores[np.isfinite(scores)]) if np.isfinite(
         scores).any() else 0)
 
-    figure, axis = plt.subplots(figsize=(5, 5))
-    fpr, tpr, _ = roc_points(finite, labels)
-    axis.plot(fpr, tpr, label="LogBERT")
-    if baseline_scores is not None:
-        fpr_b, tpr_b, _ = roc_points(baseline_scores, labels)
-        axis.plot(fpr_b, tpr_b, label="count-vector baseline", linestyle="--")
-    axis.plot([0, 1], [0, 1], color="grey", linewidth=0.5)
-    axis.set(xlabel="false-positive rate", ylabel="true-positive rate", title="ROC")
-    axis.legend(loc="lower right")
-    figure.tight_layout()
-    figure.savefig(output_dir / "roc.png", dpi=120)
-    written.append(str(output_dir / "roc.png"))
-    plt.close(figure)
-
-    figure, axis = plt.subplots(figsize=(5, 5))
-    precision, recall = precision_recall_points(finite, labels)
-    axis.plot(recall, precision, label="LogBERT")
-    if baseline_scores is not None:
-        precision_b, recall_b = precision_recall_points(baseline_scores, labels)
-        axis.plot(recall_b, precision_b, label="count-vector baseline", linestyle="--")
-    axis.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
-    axis.legend(loc="lower left")
-    figure.tight_layout()
-    figure.savefig(output_dir / "precision_recall.png", dpi=120)
-    written.append(str(output_dir / "precision_recall.png"))
-    plt.close(figure)
+    # The ROC's x axis is logarithmic: the operating points that matter are at false-positive rates of 0.1%.
+    # The baseline flags yes/no: its curve has one real point, the first after roc_points' leading (0, 0).
+    curves = (("roc.png", "ROC", "false-positive rate (log)", "true-positive rate", "lower right",
+               lambda values: roc_points(values, labels)[:2], {"xscale": "log", "xlim": (1e-4, 1)}, 1),
+              ("precision_recall.png", "Precision-recall", "recall", "precision", "lower left",
+               lambda values: precision_recall_points(values, labels)[::-1], {}, 0))
+    for file_name, title, x_label, y_label, legend_place, points, axis_settings, baseline_point in curves:
+        figure, axis = plt.subplots(figsize=(5, 5))
+        axis.plot(*points(finite), label="LogBERT")
+        if baseline_scores is not None:
+            x, y = points(baseline_scores)
+            axis.plot(x[baseline_point], y[baseline_point], "o", color="tab:orange", label="count-vector baseline")
+        axis.set(xlabel=x_label, ylabel=y_label, title=title, ylim=(0, 1.02), **axis_settings)
+        axis.legend(loc=legend_place)
+        figure.tight_layout()
+        figure.savefig(output_dir / file_name, dpi=120)
+        written.append(str(output_dir / file_name))
+        plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(6, 4))
     bins = np.linspace(finite.min(), finite.max(), 60) if finite.max() > finite.min() else 10

@@ -27,28 +27,26 @@ Examples:
 """
 
 
-def roc_points(scores, labels):
-    """False- and true-positive rates at every distinct threshold, from the highest score down."""
+def _cumulative_counts(scores, labels):
+    """Scores sorted high to low, cut at every distinct value: (true positives, flagged, labels, thresholds)."""
     scores, labels = np.asarray(scores, float), np.asarray(labels, int)
     order = np.argsort(-scores, kind="mergesort")
     scores, labels = scores[order], labels[order]
     distinct = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    tps = np.cumsum(labels)[distinct]
-    fps = (distinct + 1) - tps
+    return np.cumsum(labels)[distinct], distinct + 1, labels, scores[distinct]
+
+
+def roc_points(scores, labels):
+    """False- and true-positive rates at every distinct threshold, from the highest score down."""
+    tps, flagged, labels, thresholds = _cumulative_counts(scores, labels)
     positives, negatives = max(labels.sum(), 1), max(len(labels) - labels.sum(), 1)
-    return np.r_[0, fps / negatives], np.r_[0, tps / positives], np.r_[np.inf, scores[distinct]]
+    return np.r_[0, (flagged - tps) / negatives], np.r_[0, tps / positives], np.r_[np.inf, thresholds]
 
 
 def precision_recall_points(scores, labels):
     """Precision and recall at every distinct threshold, from the highest score down."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels, int)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    distinct = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    tps = np.cumsum(labels)[distinct]
-    precision = tps / (distinct + 1)
-    recall = tps / max(labels.sum(), 1)
-    return precision, recall
+    tps, flagged, labels, _ = _cumulative_counts(scores, labels)
+    return tps / flagged, tps / max(labels.sum(), 1)
 
 
 def _auroc(scores, labels):
