@@ -86,6 +86,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lengths", choices=["heavy", "hdfs"], default="heavy", help="Drawn session lengths.")
     parser.add_argument("--num-sessions", type=int, default=48, help="Sessions timed.")
     parser.add_argument("--warmup-sessions", type=int, default=4, help="Sessions scored first, untimed.")
+    parser.add_argument("--repeats", type=int, default=2, help="Timed passes per mode; the fastest is kept.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--batch-tokens", type=int, default=65536, help="Tokens per forward pass.")
@@ -108,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for return_events in (False, True):
-        detector._cache.clear()  # every timed session is scored, none answered from the cache
-        seconds = time_scoring(detector, timed, return_events=return_events, batch_tokens=args.batch_tokens)
+        seconds = float("inf")
+        for _ in range(args.repeats):  # the best of a few: the first pass also grows the allocator's pools
+            detector._cache.clear()  # every timed session is scored, none answered from the cache
+            seconds = min(seconds, time_scoring(detector, timed, return_events=return_events,
+                                                batch_tokens=args.batch_tokens))
         results[f"return_events={return_events}"] = {
             "seconds": seconds,
             "sessions_per_second": len(timed) / seconds,
@@ -121,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "parameters_millions": sum(p.numel() for p in detector.model.parameters()) / 1e6,
         "dtype": args.dtype,
         "sessions": len(timed),
+        "repeats": args.repeats,
         "mean_events_per_session": events / len(timed),
         "source": args.data_dir or f"drawn ({args.lengths} lengths)",
         "load_average": os.getloadavg()[0],

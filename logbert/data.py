@@ -430,7 +430,6 @@ class _ShardBuilder:
         """Vectorised checks of every token id at once; only offending records are looked at one by one."""
         settings = self.settings
         count = len(self.sequences)
-        keep = np.ones(count, dtype=bool)
         reasons: dict[int, str] = {}
 
         # Per-record type check is the slow path, so try the whole file as one Arrow array first.
