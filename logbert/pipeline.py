@@ -232,7 +232,11 @@ class LogAnomalyPipeline(Pipeline):
             input_ids[torch.arange(len(batch)), positions] = mask_id
             out = self.forward({"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions,
                                 "targets": targets})
-            scored = event_scores(out["logits"], out["targets"], self.never_predicted_ids, top_n)
+            logits = out["logits"].float()
+            # [SEP] is a candidate only at the end slot; inside a session it is never the answer.
+            is_event = torch.tensor([row[2] != END_SLOT for row in batch], device=logits.device)
+            logits[is_event, sep_id] = float("-inf")
+            scored = event_scores(logits, out["targets"], self.never_predicted_ids, top_n)
             scored = {name: value.cpu().numpy() for name, value in scored.items()}
             for row, (_, session_index, event_index, _, _) in enumerate(batch):
                 target = outputs[session_index]

@@ -113,3 +113,9 @@ def test_saved_pipeline_reloads_in_a_fresh_process_offline_with_identical_scores
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == expected
     assert (folder / "pipeline.py").exists() and (folder / "scoring.py").exists()
+
+
+def test_sep_is_a_candidate_only_at_the_end_slot(detector):
+    result = detector(NORMAL)
+    assert all(c["event"] != "[SEP]" for event in result["events"] for c in event["top_candidates"])
+    assert result["end_nll"] < 5  # a complete session: [SEP] is likely at its end slot
