@@ -17,6 +17,8 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
+from .scoring import SCORE_NAMES
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
@@ -238,7 +240,7 @@ class LogBertTrainingArguments(TrainingArguments):
     score_name: str = field(
         default="combined",
         metadata={"help": "Session score used for is_anomaly.",
-                  "choices": ["combined", "miss_ratio", "mean_nll", "max_nll", "end_nll"]},
+                  "choices": list(SCORE_NAMES)},
     )
     calibration_max_sessions: int = field(
         default=20000, metadata={"help": "Validation sessions scored for the threshold (the first N)."}

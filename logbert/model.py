@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 from transformers.modeling_outputs import MaskedLMOutput
@@ -90,7 +89,3 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerFast, 
                 model_args.attn_implementation)
     return model
 
-
-def real_token_logits(logits: torch.Tensor, tokenizer_vocab_size: int) -> torch.Tensor:
-    """Drop the padding rows of the vocabulary: (..., V_padded) -> (..., V)."""
-    return logits[..., :tokenizer_vocab_size]

@@ -16,7 +16,7 @@ import torch
 from transformers import AutoModelForMaskedLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .scoring import event_scores, session_scores, window_spans
+from .scoring import SCORE_NAMES, event_scores, session_scores, window_spans
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,8 @@ class LogAnomalyPipeline(Pipeline):
         threshold = getattr(config, "anomaly_threshold", None) if threshold is None else threshold
         num_candidates = num_candidates or getattr(config, "num_candidates", None) or DEFAULT_NUM_CANDIDATES
         score_name = score_name or getattr(config, "score_name", None) or DEFAULT_SCORE_NAME
+        if score_name not in SCORE_NAMES:
+            raise ValueError(f"score_name {score_name!r} is not one of {', '.join(SCORE_NAMES)}")
 
         prepared = [self.preprocess(session) for session in sessions]
         unique = {}

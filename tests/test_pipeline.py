@@ -119,3 +119,9 @@ def test_sep_is_a_candidate_only_at_the_end_slot(detector):
     result = detector(NORMAL)
     assert all(c["event"] != "[SEP]" for event in result["events"] for c in event["top_candidates"])
     assert result["end_nll"] < 5  # a complete session: [SEP] is likely at its end slot
+
+
+def test_an_unknown_score_name_is_a_clear_error(detector):
+    with pytest.raises(ValueError, match="score_name 'nope' is not one of"):
+        detector(NORMAL, score_name="nope")
+    assert detector(NORMAL, score_name="miss_ratio")["score_name"] == "miss_ratio"
