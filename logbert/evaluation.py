@@ -38,28 +38,18 @@ def iter_sessions(paths: Iterable[str], skip_bad_records: bool = False,
                     rejected.append(item)
                 continue
             number, record = item
-            label = -1
+            label, problem = -1, None
             if isinstance(record, dict):
                 label, problem = _check_label(record)
-                if problem:
-                    rejection = Rejection(path, number, problem, record)
-                    if not skip_bad_records:
-                        raise DataError(rejection.message())
-                    if rejected is not None:
-                        rejected.append(rejection)
-                    continue
+                empty = not (record.get("token_ids") or record.get("event_sequence"))
             elif isinstance(record, tuple):  # a line of event IDs
-                record = list(record)
+                record, empty = list(record), not record
             else:
-                rejection = Rejection(path, number, f"expected a session, got {type(record).__name__}", record)
-                if not skip_bad_records:
-                    raise DataError(rejection.message())
-                if rejected is not None:
-                    rejected.append(rejection)
-                continue
-            if not record or (isinstance(record, dict) and not (record.get("token_ids") or
-                                                                record.get("event_sequence"))):
-                rejection = Rejection(path, number, "empty session: expected at least one event", record)
+                problem, empty = f"expected a session, got {type(record).__name__}", False
+            if not problem and empty:
+                problem = "empty session: expected at least one event"
+            if problem:
+                rejection = Rejection(path, number, problem, record)
                 if not skip_bad_records:
                     raise DataError(rejection.message())
                 if rejected is not None:
