@@ -26,11 +26,12 @@ from logbert.cli import load_detector
 from logbert.collator import build_training_collator, mask_for_evaluation
 from logbert.config import ConfigError, parse_args, resolved_config
 from logbert.data import EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections
-from logbert.evaluation import apply_scoring_config, calibrate
+from logbert.evaluation import apply_scoring_config, calibrate, known_count_vector_keys
 from logbert.export import find_latest_checkpoint, save_model_folder, write_model_card
 from logbert.hub import HubError, push_model_folder
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from logbert.model import build_model
+from logbert.pipeline import write_known_count_vectors
 from logbert.tokenizer import (build_event_tokenizer, build_token_id_tokenizer, count_events, never_masked_ids,
                                vocabulary_fingerprint)
 
@@ -152,10 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.is_world_process_zero():
         export(trainer.model, None, eval_metrics)
         # ---- Threshold: from held-out normal sessions, no labels --------------------------------------------------
+        directories = [d for d in (training_args.output_dir, os.path.join(training_args.output_dir, "best_model"))
+                       if os.path.isdir(d)]
+        if training_args.known_normal_gate:  # before calibration: the threshold is set with the gate in place
+            keys = known_count_vector_keys(train_dataset, tokenizer)
+            for directory in directories:
+                write_known_count_vectors(directory, keys)
+            logger.info("Known-normal gate: %d distinct event multisets among %d training sessions.", len(keys),
+                        len(train_dataset))
         if do_eval:
             normal_sessions = calibration_sessions(corpus.validation, corpus.kind, training_args.calibration_max_sessions)
-            for directory in (training_args.output_dir, os.path.join(training_args.output_dir, "best_model")):
-                if os.path.isdir(directory) and normal_sessions:
+            for directory in directories:
+                if normal_sessions:
                     settings = calibrate_model_folder(directory, normal_sessions, training_args)
                     logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
                                 directory, settings["anomaly_threshold"], settings["score_name"],

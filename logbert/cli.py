@@ -164,10 +164,16 @@ def _evaluate(args: EvaluateArguments) -> int:
     report = {
         "logbert": detection_metrics(scores, labels, threshold, args.projected_normal_count),
         "score_name": results[0]["score_name"],
+        "known_normal_gate": results[0]["known_count_vector"] is not None,
         "counts": {"normal": int((labels == 0).sum()), "anomalous": int((labels == 1).sum()),
                    "distinct_sessions": len({tuple(map(str, _events(s))) for _, _, s, _ in items})},
         "model": str(args.model),
     }
+    model_only_threshold = getattr(detector.model.config, "model_only_threshold", None)
+    if report["known_normal_gate"] and model_only_threshold is not None and args.threshold is None:
+        # The model alone, at its own label-free threshold: what the gate adds is visible beside it.
+        report["logbert_model_only"] = detection_metrics([r["model_score"] for r in results], labels,
+                                                         model_only_threshold, args.projected_normal_count)
     baseline_scores = None
     if baseline is not None:
         baseline_scores = np.array([baseline.score(session) for _, _, session, _ in items])
@@ -202,7 +208,9 @@ def _events(session) -> list:
 
 def _print_report(report: dict) -> None:
     columns = ["precision", "recall", "f1", "fpr", "auroc", "auprc", "projected_f1"]
-    rows = [("LogBERT", report["logbert"])]
+    rows = [("LogBERT" + (" + known-normal gate" if report.get("known_normal_gate") else ""), report["logbert"])]
+    if "logbert_model_only" in report:
+        rows.append(("LogBERT model alone", report["logbert_model_only"]))
     if "count_vector_baseline" in report:
         rows.append(("count-vector baseline", report["count_vector_baseline"]))
     print("\n| detector | " + " | ".join(columns) + " |")

@@ -17,7 +17,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from transformers.hf_argparser import string_to_bool
 
-from .scoring import SCORE_NAMES
+from .scoring import END_SLOT_SCORES, SCORE_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -238,9 +238,15 @@ class LogBertTrainingArguments(TrainingArguments):
         default=5, metadata={"help": "LogBERT's top-g: an event outside the model's top g predictions is a miss."}
     )
     score_name: str = field(
-        default="combined",
-        metadata={"help": "Session score used for is_anomaly.",
+        default="next_max_nll",
+        metadata={"help": "Session score used for is_anomaly (see logbert/scoring.py). The default reads the end "
+                  "slot; without it (end_of_session_probability 0) max_nll is used.",
                   "choices": list(SCORE_NAMES)},
+    )
+    known_normal_gate: bool = field(
+        default=True,
+        metadata={"help": "Save the event multisets of the training sessions with the model; the pipeline then "
+                  "scores a session with a known multiset 0 (normal by the training data's word)."},
     )
     calibration_max_sessions: int = field(
         default=20000, metadata={"help": "Validation sessions scored for the threshold (the first N)."}
@@ -451,6 +457,12 @@ def parse_args(argv: list[str] | None = None):
             f"--max_seq_length ({data_args.max_seq_length}) exceeds --max_position_embeddings "
             f"({model_args.max_position_embeddings})."
         )
+    if data_args.end_of_session_probability == 0 and training_args.score_name in END_SLOT_SCORES:
+        if "score_name" in cli or "score_name" in yaml_values:
+            raise ConfigError(f"--score_name {training_args.score_name} needs the end slot: set "
+                              "--end_of_session_probability above 0, or pick max_nll, mean_nll or miss_ratio.")
+        logger.info("end_of_session_probability is 0 (no end slot): scoring with max_nll.")
+        training_args.score_name = "max_nll"
     return model_args, data_args, training_args, known.config
 
 

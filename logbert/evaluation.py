@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -15,13 +16,13 @@ from tqdm.auto import tqdm
 
 from .data import DataError, Rejection, _check_label, expand_data_files, iter_file_records
 from .metrics import load_metric
-from .scoring import calibrate_threshold
+from .scoring import calibrate_threshold, count_vector_key
 
 logger = logging.getLogger(__name__)
 
 # Scoring settings stored in config.json next to the weights, read by the pipeline by default.
-SCORING_CONFIG_KEYS = ("anomaly_threshold", "threshold_target_fpr", "score_name", "num_candidates",
-                       "calibration_sessions")
+SCORING_CONFIG_KEYS = ("anomaly_threshold", "model_only_threshold", "threshold_target_fpr", "score_name",
+                       "num_candidates", "calibration_sessions")
 
 
 def iter_sessions(paths: Iterable[str], skip_bad_records: bool = False,
@@ -84,12 +85,15 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
               num_candidates: int | None = None) -> dict[str, Any]:
     """Threshold from held-out normal sessions at a target false-positive rate; no label is needed.
 
-    Returns the scoring settings to store in the model's config.json.
+    Returns the scoring settings to store in the model's config.json: `anomaly_threshold` for the pipeline's
+    `anomaly_score` (known-normal gate included when the model has one) and `model_only_threshold` for
+    `model_score`, the model alone, which the evaluation report shows beside it.
     """
     results = detector.score(normal_sessions, return_events=False, score_name=score_name,
                              num_candidates=num_candidates, threshold=float("inf"))
     scores = np.array([r["anomaly_score"] for r in results])
     threshold = calibrate_threshold(scores, target_fpr)
+    model_only_threshold = calibrate_threshold(np.array([r["model_score"] for r in results]), target_fpr)
     if target_fpr * len(scores) < 1:
         logger.warning(
             "A false-positive rate of %g cannot be estimated from %d normal sessions: the threshold is their highest "
@@ -97,6 +101,7 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
             target_fpr, len(scores), int(np.ceil(1 / target_fpr)) if target_fpr > 0 else 0)
     return {
         "anomaly_threshold": threshold,
+        "model_only_threshold": model_only_threshold,
         "threshold_target_fpr": target_fpr,
         "score_name": results[0]["score_name"],
         "num_candidates": num_candidates or getattr(detector.model.config, "num_candidates", None) or 5,
@@ -112,7 +117,10 @@ def tune_threshold_on_dev(detector, sessions: list, labels: list[int]) -> dict[s
         raise ValueError("a development set needs both normal and anomalous sessions")
     candidates = np.unique(scores)
     best = max(candidates, key=lambda t: _f1(scores > t, labels))
-    return {"anomaly_threshold": float(best), "threshold_target_fpr": None, "score_name": results[0]["score_name"],
+    model_scores = np.array([r["model_score"] for r in results])
+    best_model_only = max(np.unique(model_scores), key=lambda t: _f1(model_scores > t, labels))
+    return {"anomaly_threshold": float(best), "model_only_threshold": float(best_model_only),
+            "threshold_target_fpr": None, "score_name": results[0]["score_name"],
             "num_candidates": getattr(detector.model.config, "num_candidates", None) or 5,
             "calibration_sessions": len(scores)}
 
@@ -128,6 +136,23 @@ def apply_scoring_config(model_dir: str | os.PathLike, settings: dict[str, Any])
     config = json.loads(path.read_text())
     config.update({k: v for k, v in settings.items() if k in SCORING_CONFIG_KEYS})
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def known_count_vector_keys(dataset, tokenizer) -> set[int]:
+    """Fingerprints of the event multisets of a tokenized dataset's sessions ([CLS]/[SEP]/[PAD] left out).
+
+    Reads the `input_ids` column through Arrow, a batch at a time: no Python list per session.
+    """
+    framing = np.array([tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id])
+    keys = set()
+    for batch in dataset.select_columns(["input_ids"]).with_format("arrow").iter(batch_size=65536):
+        for chunk in batch.column("input_ids").chunks:
+            offsets = chunk.offsets.to_numpy()
+            values = chunk.values.to_numpy(zero_copy_only=False)
+            for start, end in itertools.pairwise(offsets):
+                ids = values[start:end]
+                keys.add(count_vector_key(ids[~np.isin(ids, framing)]))
+    return keys
 
 
 def event_count_vector(session: Any) -> tuple:

@@ -8,6 +8,7 @@ transformers.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,15 +17,19 @@ import torch
 from transformers import AutoModelForMaskedLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .scoring import SCORE_NAMES, event_scores, session_scores, window_spans
+from .scoring import SCORE_NAMES, count_vector_key, event_scores, session_scores, window_spans
 
 logger = logging.getLogger(__name__)
 
 TASK = "log-anomaly"
 DEFAULT_NUM_CANDIDATES = 5
-DEFAULT_SCORE_NAME = "combined"
+DEFAULT_SCORE_NAME = "next_max_nll"
 TOKEN_IDS_KIND = "token_ids"
-END_SLOT = -1  # row marker: the end-of-session slot, not an event
+# Fingerprints (scoring.count_vector_key) of the event multisets of the training sessions, saved with the model.
+KNOWN_COUNT_VECTORS_FILE = "known_count_vectors.npy"
+# What a model row scores: an event with the whole session around it, an event from the events before it only
+# (in the end slot), or the end slot after the whole session ([SEP]).
+MASKED, NEXT, END_SLOT = "masked", "next", "end"
 
 
 class LogAnomalyPipeline(Pipeline):
@@ -34,14 +39,21 @@ class LogAnomalyPipeline(Pipeline):
     reference JSON format (`token_ids` / `attention_mask` / `event_sequence`, optional `session_id`). A list of
     such sessions returns a list of results; one session returns one result:
 
-        {"anomaly_score", "is_anomaly", "threshold", "score_name", "miss_ratio", "mean_nll", "max_nll",
-         "num_events", "num_unseen", "events": [{"position", "event", "probability", "rank", "is_miss",
+        {"anomaly_score", "is_anomaly", "threshold", "score_name", "model_score", "known_count_vector",
+         "miss_ratio", "mean_nll", "max_nll", "end_nll", "next_max_nll", "num_misses", "num_unseen",
+         "num_events", "events": [{"position", "event", "probability", "rank", "next_probability", "is_miss",
          "unseen", "top_candidates": [{"event", "probability"}, ...]}, ...]}
 
-    Every event is masked once (deterministic), sessions longer than the model are scored in overlapping
-    windows, and identical sessions are scored once. Keyword arguments (at construction or per call):
+    Every event is masked once, and every event after the first is also predicted from the events before it
+    (deterministic: no random masks). Sessions longer than the model are scored in overlapping windows, and
+    identical sessions are scored once. Keyword arguments (at construction or per call):
     `threshold`, `num_candidates`, `score_name`, `top_n` (candidates listed per event), `return_events`,
-    `batch_tokens` (tokens per forward pass, bounding memory).
+    `batch_tokens` (tokens per forward pass, bounding memory), `known_normal_gate`.
+
+    Known-normal gate: when the model folder holds `known_count_vectors.npy` (training writes it), a session whose
+    event multiset occurs in the training data gets `anomaly_score` 0: training declared exactly that mix of events
+    normal, and only the order can differ. `model_score` keeps the model's own score; `known_normal_gate=False`
+    turns the gate off.
     """
 
     _load_processor = False
@@ -61,15 +73,23 @@ class LogAnomalyPipeline(Pipeline):
                                            tokenizer.unk_token_id})
         self.id_to_event = {index: token for token, index in tokenizer.get_vocab().items()}
         self._cache: dict[tuple, dict] = {}
+        self.known_count_vectors = _load_known_count_vectors(getattr(config, "_name_or_path", None)
+                                                             or getattr(self.model, "name_or_path", None))
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """The model, tokenizer and pipeline code, plus the known-normal fingerprints when this pipeline has them."""
+        super().save_pretrained(save_directory, **kwargs)
+        if self.known_count_vectors is not None:
+            write_known_count_vectors(save_directory, self.known_count_vectors)
 
     # ---- Pipeline interface ---------------------------------------------------------------------------------------
 
     def _sanitize_parameters(self, threshold=None, num_candidates=None, score_name=None, top_n=None,
-                             return_events=None, batch_tokens=None, **kwargs):
+                             return_events=None, batch_tokens=None, known_normal_gate=None, **kwargs):
         postprocess = {}
         for name, value in (("threshold", threshold), ("num_candidates", num_candidates),
                             ("score_name", score_name), ("top_n", top_n), ("return_events", return_events),
-                            ("batch_tokens", batch_tokens)):
+                            ("batch_tokens", batch_tokens), ("known_normal_gate", known_normal_gate)):
             if value is not None:
                 postprocess[name] = value
         return {}, {}, postprocess
@@ -141,13 +161,14 @@ class LogAnomalyPipeline(Pipeline):
 
     def score(self, sessions: list, threshold: float | None = None, num_candidates: int | None = None,
               score_name: str | None = None, top_n: int = 3, return_events: bool = True,
-              batch_tokens: int = 65536) -> list[dict]:
+              batch_tokens: int = 65536, known_normal_gate: bool | None = None) -> list[dict]:
         config = self.model.config
         threshold = getattr(config, "anomaly_threshold", None) if threshold is None else threshold
         num_candidates = num_candidates or getattr(config, "num_candidates", None) or DEFAULT_NUM_CANDIDATES
         score_name = score_name or getattr(config, "score_name", None) or DEFAULT_SCORE_NAME
         if score_name not in SCORE_NAMES:
             raise ValueError(f"score_name {score_name!r} is not one of {', '.join(SCORE_NAMES)}")
+        known = self.known_count_vectors if known_normal_gate in (None, True) else None
 
         prepared = [self.preprocess(session) for session in sessions]
         unique = {}
@@ -162,15 +183,19 @@ class LogAnomalyPipeline(Pipeline):
             per_event = self._cache[(tuple(item["input_ids"]), top_n)]
             unseen = np.asarray(item["input_ids"]) == self.tokenizer.unk_token_id
             scores = session_scores(per_event["nll"], per_event["rank"], unseen, num_candidates,
-                                    float(per_event["end_nll"][0]))
-            anomaly_score = scores[score_name]
+                                    float(per_event["end_nll"][0]), per_event["next_nll"])
+            # A session with an [UNK] is never known: two different unseen events both read as [UNK].
+            known_normal = known is not None and not unseen.any() and count_vector_key(item["input_ids"]) in known
+            anomaly_score = 0.0 if known_normal else scores[score_name]
             result = {
                 "anomaly_score": anomaly_score,
                 "is_anomaly": None if threshold is None else bool(anomaly_score > threshold),
                 "threshold": threshold,
                 "score_name": score_name,
-                **{k: scores[k] for k in ("miss_ratio", "mean_nll", "max_nll", "end_nll", "num_misses",
-                                          "num_unseen")},
+                "model_score": scores[score_name],
+                "known_count_vector": None if known is None else known_normal,
+                **{k: scores[k] for k in ("miss_ratio", "mean_nll", "max_nll", "end_nll", "next_max_nll",
+                                          "num_misses", "num_unseen")},
                 "num_events": len(item["input_ids"]),
             }
             if item["session_id"] is not None:
@@ -182,6 +207,8 @@ class LogAnomalyPipeline(Pipeline):
                         "event": item["events"][position],
                         "probability": float(per_event["probability"][position]),
                         "rank": int(per_event["rank"][position]),
+                        # P(event | the events before it): None for the first event, which has no context.
+                        "next_probability": float(per_event["next_probability"][position]) if position else None,
                         "is_miss": bool(per_event["rank"][position] > num_candidates or unseen[position]),
                         "unseen": bool(unseen[position]),
                         "top_candidates": [
@@ -197,25 +224,35 @@ class LogAnomalyPipeline(Pipeline):
         return results
 
     def _score_unique(self, keys: list[tuple], top_n: int, batch_tokens: int) -> list[dict]:
-        """Per-event nll, rank, probability and candidates of each distinct session, batched across sessions."""
+        """Per-event results of each distinct session, batched across sessions.
+
+        Rows: each event masked inside its window (MASKED); each event after the first predicted from the events
+        before it in the end slot (NEXT); the end slot after the whole session, whose answer is [SEP] (END_SLOT).
+        """
         tokenizer = self.tokenizer
         cls_id, sep_id, mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
-        # One row per (session, event): the window around the event with that event masked.
-        rows = []  # (length, session index, event index, window tokens, position in window)
+        rows = []  # (length, session index, event index, tokens with the target in place, target position, kind)
         for session_index, key in enumerate(keys):
-            for window in window_spans(len(key), self.max_events):
-                tokens = torch.tensor([cls_id, *key[window.start: window.end], sep_id])
+            windows = window_spans(len(key), self.max_events)
+            for window in windows:
+                tokens = [cls_id, *key[window.start: window.end], sep_id]
                 for event_index in range(window.score_start, window.score_end):
-                    rows.append((len(tokens), session_index, event_index, tokens, event_index - window.start + 1))
-            # The end slot: the last window with its [SEP] masked; how likely is it that the session ends here?
-            last = window_spans(len(key), self.max_events)[-1]
-            tokens = torch.tensor([cls_id, *key[last.start: last.end], sep_id])
-            rows.append((len(tokens), session_index, END_SLOT, tokens, len(tokens) - 1))
+                    rows.append((len(tokens), session_index, event_index, tokens, event_index - window.start + 1,
+                                 MASKED))
+            for event_index in range(1, len(key)):
+                start = max(0, event_index - self.max_events)
+                tokens = [cls_id, *key[start: event_index + 1]]
+                rows.append((len(tokens), session_index, event_index, tokens, len(tokens) - 1, NEXT))
+            last = windows[-1]
+            tokens = [cls_id, *key[last.start: last.end], sep_id]
+            rows.append((len(tokens), session_index, -1, tokens, len(tokens) - 1, END_SLOT))
         rows.sort(key=lambda row: row[0])  # similar lengths together: little padding
 
         outputs = [{"nll": np.zeros(len(k)), "rank": np.zeros(len(k), dtype=np.int64),
                     "probability": np.zeros(len(k)), "top_ids": np.zeros((len(k), top_n), dtype=np.int64),
-                    "top_probs": np.zeros((len(k), top_n)), "end_nll": np.zeros(1), "end_probability": np.zeros(1)}
+                    "top_probs": np.zeros((len(k), top_n)), "next_nll": np.full(len(k), np.nan),
+                    "next_probability": np.full(len(k), np.nan), "end_nll": np.zeros(1),
+                    "end_probability": np.zeros(1)}
                    for k in keys]
         start = 0
         while start < len(rows):
@@ -226,8 +263,8 @@ class LogAnomalyPipeline(Pipeline):
             length = -(-batch[-1][0] // 8) * 8
             input_ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
             attention_mask = torch.zeros_like(input_ids)
-            for row, (size, _, _, tokens, _) in enumerate(batch):
-                input_ids[row, :size] = tokens
+            for row, (size, _, _, tokens, _, _) in enumerate(batch):
+                input_ids[row, :size] = torch.tensor(tokens)
                 attention_mask[row, :size] = 1
             positions = torch.tensor([row[4] for row in batch])
             targets = input_ids[torch.arange(len(batch)), positions].clone()
@@ -235,20 +272,47 @@ class LogAnomalyPipeline(Pipeline):
             out = self.forward({"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions,
                                 "targets": targets})
             logits = out["logits"].float()
-            # [SEP] is a candidate only at the end slot; inside a session it is never the answer.
-            is_event = torch.tensor([row[2] != END_SLOT for row in batch], device=logits.device)
-            logits[is_event, sep_id] = float("-inf")
+            # [SEP] is a candidate only in the end slot (it was trained there); inside a session it is never the answer.
+            inside = torch.tensor([row[5] == MASKED for row in batch], device=logits.device)
+            logits[inside, sep_id] = float("-inf")
             scored = event_scores(logits, out["targets"], self.never_predicted_ids, top_n)
             scored = {name: value.cpu().numpy() for name, value in scored.items()}
-            for row, (_, session_index, event_index, _, _) in enumerate(batch):
+            for row, (_, session_index, event_index, _, _, kind) in enumerate(batch):
                 target = outputs[session_index]
-                if event_index == END_SLOT:
+                if kind == END_SLOT:
                     target["end_nll"][0] = scored["nll"][row]
                     target["end_probability"][0] = scored["probability"][row]
-                    continue
-                for name in ("nll", "rank", "probability", "top_ids", "top_probs"):
-                    target[name][event_index] = scored[name][row]
+                elif kind == NEXT:
+                    target["next_nll"][event_index] = scored["nll"][row]
+                    target["next_probability"][event_index] = scored["probability"][row]
+                else:
+                    for name in ("nll", "rank", "probability", "top_ids", "top_probs"):
+                        target[name][event_index] = scored[name][row]
         return outputs
+
+
+def _load_known_count_vectors(model_path: str | None) -> frozenset | None:
+    """The training sessions' event-multiset fingerprints saved with the model, or None when there are none."""
+    if not model_path:
+        return None
+    path = os.path.join(model_path, KNOWN_COUNT_VECTORS_FILE)
+    if not os.path.isdir(model_path):  # a hub repository: the file is optional
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(model_path, KNOWN_COUNT_VECTORS_FILE)
+        except Exception:  # noqa: BLE001 - no such file, offline, or no such repo: no gate
+            return None
+    if not os.path.exists(path):
+        return None
+    return frozenset(np.load(path).tolist())
+
+
+def write_known_count_vectors(directory, keys) -> str:
+    """Save fingerprints (scoring.count_vector_key) as a sorted int64 array; what the pipeline loads."""
+    path = os.path.join(str(directory), KNOWN_COUNT_VECTORS_FILE)
+    np.save(path, np.array(sorted(keys), dtype=np.int64))
+    return path
 
 
 def _is_single_session(inputs: Any) -> bool:

@@ -63,6 +63,10 @@ def test_evaluate_writes_metrics_scores_and_plots(trained_model_dir, tmp_path):
     # the baseline comes from the training files recorded with the model
     assert 0.5 < report["count_vector_baseline"]["auroc"] <= 1
     assert report["logbert"]["auroc"] > 0.6
+    # the deployed detector (known-normal gate on) and the model alone, each at its own label-free threshold
+    assert report["known_normal_gate"] is True
+    assert report["logbert_model_only"]["threshold"] == json.loads(
+        (trained_model_dir / "config.json").read_text())["model_only_threshold"]
     for plot in ("roc.png", "precision_recall.png", "score_histogram.png"):
         assert (output_dir / plot).read_bytes()[:4] == b"\x89PNG"
     assert len((output_dir / "scores.jsonl").read_text().splitlines()) == 1000

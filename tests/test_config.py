@@ -218,3 +218,10 @@ def test_missing_or_malformed_config_file(parse, tmp_path, write_config):
 def test_inconsistent_values_are_config_errors_naming_the_flag(argv, flag, parse):
     with pytest.raises(ConfigError, match=flag):
         parse(*argv)
+
+
+def test_without_the_end_slot_the_default_score_falls_back_to_max_nll(parse):
+    assert parse()[2].score_name == "next_max_nll"
+    assert parse("--end_of_session_probability", "0")[2].score_name == "max_nll"
+    with pytest.raises(ConfigError, match="needs the end slot"):
+        parse("--end_of_session_probability", "0", "--score_name", "combined")

@@ -1,6 +1,7 @@
 """The log-anomaly pipeline on a tiny model trained on the bundled sample: determinism, windows, reloading."""
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -10,12 +11,20 @@ import pytest
 from transformers import pipeline
 
 from logbert import LogAnomalyPipeline
+from logbert.pipeline import KNOWN_COUNT_VECTORS_FILE
 
 NORMAL = "22 5 5 5 11 9 11 9 11 9 26 26 26 23 23 23 21 21 21"
 
 
 @pytest.fixture(scope="module")
 def detector(trained_model_dir):
+    """The model's own scores: the known-normal gate (tested on its own below) would score known sessions 0."""
+    return pipeline("log-anomaly", model=str(trained_model_dir), pipeline_class=LogAnomalyPipeline, device="cpu",
+                    known_normal_gate=False)
+
+
+@pytest.fixture(scope="module")
+def gated_detector(trained_model_dir):
     return pipeline("log-anomaly", model=str(trained_model_dir), pipeline_class=LogAnomalyPipeline, device="cpu")
 
 
@@ -99,12 +108,14 @@ def test_saved_pipeline_reloads_in_a_fresh_process_offline_with_identical_scores
     shutil.copytree(trained_model_dir / "best_model", folder)
     sessions = [NORMAL, "22 5 5", "22 5 5 5 999 11 9"]
     local = pipeline("log-anomaly", model=str(folder), pipeline_class=LogAnomalyPipeline, device="cpu")
-    expected = [r["anomaly_score"] for r in local(sessions, return_events=False)]
+    expected = [[r["anomaly_score"], r["model_score"]] for r in local(sessions, return_events=False)]
+    assert expected[0][0] == 0.0 < expected[0][1]  # the known-normal gate came along too
     script = (
         "import json, sys\n"
         "from transformers import pipeline\n"
         f"detector = pipeline(model={str(folder)!r}, trust_remote_code=True)\n"
-        f"print(json.dumps([r['anomaly_score'] for r in detector({sessions!r}, return_events=False)]))\n"
+        f"print(json.dumps([[r['anomaly_score'], r['model_score']] for r in detector({sessions!r}, "
+        "return_events=False)]))\n"
     )
     # A fresh process that cannot import the logbert package: only the folder's own code may be used.
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
@@ -113,6 +124,45 @@ def test_saved_pipeline_reloads_in_a_fresh_process_offline_with_identical_scores
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert json.loads(completed.stdout.strip().splitlines()[-1]) == expected
     assert (folder / "pipeline.py").exists() and (folder / "scoring.py").exists()
+
+
+def test_every_event_after_the_first_gets_its_left_to_right_probability(detector):
+    result = detector(NORMAL)
+    assert result["events"][0]["next_probability"] is None
+    assert all(0 < e["next_probability"] <= 1 for e in result["events"][1:])
+    worst = max(-math.log(e["next_probability"]) for e in result["events"][1:])
+    assert result["next_max_nll"] == pytest.approx(max(worst, result["end_nll"]), rel=1e-5)
+    assert result["score_name"] == "next_max_nll" and result["anomaly_score"] == result["next_max_nll"]
+
+
+def test_left_to_right_scores_see_only_the_events_before(detector):
+    # Changing the last event cannot change what the events before it were predicted from.
+    first, second = detector([NORMAL, NORMAL.rsplit(" ", 1)[0] + " 22"])
+    for a, b in zip(first["events"][:-1], second["events"][:-1]):
+        if a["next_probability"] is not None:
+            assert a["next_probability"] == pytest.approx(b["next_probability"], rel=1e-5)
+
+
+def test_known_normal_gate_scores_known_event_multisets_zero(gated_detector, trained_model_dir):
+    assert (trained_model_dir / KNOWN_COUNT_VECTORS_FILE).exists()
+    shuffled = " ".join(sorted(NORMAL.split()))  # same events, same counts, another order
+    extra = NORMAL + " 9"  # one more event: a multiset no training session has
+    known, reordered, novel, unknown = gated_detector([NORMAL, shuffled, extra, NORMAL + " 999"],
+                                                      return_events=False)
+    assert known["known_count_vector"] is True and known["anomaly_score"] == 0.0 and known["model_score"] > 0
+    assert reordered["known_count_vector"] is True and reordered["anomaly_score"] == 0.0
+    assert novel["known_count_vector"] is False and novel["anomaly_score"] == novel["model_score"]
+    assert unknown["known_count_vector"] is False and unknown["is_anomaly"] is True  # [UNK] is never known
+    off = gated_detector(shuffled, known_normal_gate=False, return_events=False)
+    assert off["anomaly_score"] == off["model_score"] == reordered["model_score"]
+
+
+def test_known_normal_gate_travels_with_save_pretrained(gated_detector, tmp_path):
+    gated_detector.save_pretrained(tmp_path / "copy")
+    assert (tmp_path / "copy" / KNOWN_COUNT_VECTORS_FILE).exists()
+    reloaded = pipeline("log-anomaly", model=str(tmp_path / "copy"), pipeline_class=LogAnomalyPipeline, device="cpu")
+    assert reloaded.known_count_vectors == gated_detector.known_count_vectors
+    assert reloaded(NORMAL, return_events=False)["anomaly_score"] == 0.0
 
 
 def test_sep_is_a_candidate_only_at_the_end_slot(detector):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from logbert.scoring import MIN_PROBABILITY, calibrate_threshold, event_scores, session_scores, window_spans
+from logbert.scoring import (MIN_PROBABILITY, calibrate_threshold, count_vector_key, event_scores, session_scores,
+                             window_spans)
 
 
 def test_event_scores_rank_probability_and_candidates():
@@ -42,6 +43,25 @@ def test_session_scores_follow_logbert_miss_criterion():
     assert scores["max_nll"] == 5.0
     assert scores["combined"] == pytest.approx(5.0 + 7.0)  # the worst event plus the ending
     assert session_scores(nll, rank, unseen, 2, end_nll=1.0)["combined"] == pytest.approx(6.0)
+
+
+def test_next_max_nll_is_the_worst_left_to_right_surprise_or_the_ending():
+    nll, rank, unseen = np.array([0.1, 0.2, 0.3]), np.array([1, 1, 1]), np.zeros(3, bool)
+    # entry 0 has no context (NaN from the pipeline) and is ignored; 4.0 at event 2 is the worst
+    scores = session_scores(nll, rank, unseen, 5, end_nll=1.5, next_nll=np.array([np.nan, 0.5, 4.0]))
+    assert scores["next_max_nll"] == pytest.approx(4.0)
+    assert session_scores(nll, rank, unseen, 5, end_nll=6.0, next_nll=np.array([np.nan, 0.5, 4.0]))[
+        "next_max_nll"] == pytest.approx(6.0)
+    # one event: only the ending can surprise
+    assert session_scores(nll[:1], rank[:1], unseen[:1], 5, end_nll=2.5,
+                          next_nll=np.array([np.nan]))["next_max_nll"] == pytest.approx(2.5)
+
+
+def test_count_vector_key_ignores_order_but_not_counts():
+    assert count_vector_key([5, 22, 5, 11]) == count_vector_key([11, 5, 5, 22])
+    assert count_vector_key([5, 22, 5, 11]) != count_vector_key([5, 22, 11])
+    assert count_vector_key([5, 22, 5, 11]) != count_vector_key([5, 22, 22, 11])
+    assert count_vector_key(np.array([7, 8], dtype=np.int32)) == count_vector_key([8, 7])
 
 
 def test_session_scores_reject_an_empty_session():
