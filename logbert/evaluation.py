@@ -94,6 +94,13 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
     scores = np.array([r["anomaly_score"] for r in results])
     threshold = calibrate_threshold(scores, target_fpr)
     model_only_threshold = calibrate_threshold(np.array([r["model_score"] for r in results]), target_fpr)
+    novel = sum(r["known_count_vector"] is False for r in results)
+    if results and results[0]["known_count_vector"] is not None and novel == 0:
+        logger.warning(
+            "Every one of the %d calibration sessions has an event multiset known from training, so the known-normal "
+            "gate scores them all 0 and the threshold is 0: every session with a new multiset will be flagged (the "
+            "count-vector baseline). The model's own threshold (model_only_threshold) is %.4g.",
+            len(results), model_only_threshold)
     if target_fpr * len(scores) < 1:
         logger.warning(
             "A false-positive rate of %g cannot be estimated from %d normal sessions: the threshold is their highest "
