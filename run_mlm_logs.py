@@ -161,14 +161,13 @@ def main(argv: list[str] | None = None) -> int:
                 write_known_count_vectors(directory, keys)
             logger.info("Known-normal gate: %d distinct event multisets among %d training sessions.", len(keys),
                         len(train_dataset))
-        if do_eval:
-            normal_sessions = calibration_sessions(corpus.validation, corpus.kind, training_args.calibration_max_sessions)
+        if do_eval and (normal_sessions := calibration_sessions(corpus.validation, corpus.kind,
+                                                                training_args.calibration_max_sessions)):
             for directory in directories:
-                if normal_sessions:
-                    settings = calibrate_model_folder(directory, normal_sessions, training_args)
-                    logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
-                                directory, settings["anomaly_threshold"], settings["score_name"],
-                                settings["threshold_target_fpr"], settings["calibration_sessions"])
+                settings = calibrate_model_folder(directory, normal_sessions, training_args)
+                logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
+                            directory, settings["anomaly_threshold"], settings["score_name"],
+                            settings["threshold_target_fpr"], settings["calibration_sessions"])
         logger.info("Final model in %s; best model (by eval loss) in %s", training_args.output_dir,
                     os.path.join(training_args.output_dir, "best_model"))
         if training_args.push_to_hub:  # the folder as it is on disk: model, tokenizer, threshold, code, card

@@ -94,8 +94,7 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
     scores = np.array([r["anomaly_score"] for r in results])
     threshold = calibrate_threshold(scores, target_fpr)
     model_only_threshold = calibrate_threshold(np.array([r["model_score"] for r in results]), target_fpr)
-    novel = sum(r["known_count_vector"] is False for r in results)
-    if results and results[0]["known_count_vector"] is not None and novel == 0:
+    if all(r["known_count_vector"] for r in results):  # None (no gate) is falsy
         logger.warning(
             "Every one of the %d calibration sessions has an event multiset known from training, so the known-normal "
             "gate scores them all 0 and the threshold is 0: every session with a new multiset will be flagged (the "
@@ -122,14 +121,16 @@ def tune_threshold_on_dev(detector, sessions: list, labels: list[int]) -> dict[s
     scores, labels = np.array([r["anomaly_score"] for r in results]), np.asarray(labels)
     if not (labels == 1).any() or not (labels == 0).any():
         raise ValueError("a development set needs both normal and anomalous sessions")
-    candidates = np.unique(scores)
-    best = max(candidates, key=lambda t: _f1(scores > t, labels))
     model_scores = np.array([r["model_score"] for r in results])
-    best_model_only = max(np.unique(model_scores), key=lambda t: _f1(model_scores > t, labels))
-    return {"anomaly_threshold": float(best), "model_only_threshold": float(best_model_only),
+    return {"anomaly_threshold": _best_f1_threshold(scores, labels),
+            "model_only_threshold": _best_f1_threshold(model_scores, labels),
             "threshold_target_fpr": None, "score_name": results[0]["score_name"],
             "num_candidates": getattr(detector.model.config, "num_candidates", None) or 5,
             "calibration_sessions": len(scores)}
+
+
+def _best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float(max(np.unique(scores), key=lambda t: _f1(scores > t, labels)))
 
 
 def _f1(flagged: np.ndarray, labels: np.ndarray) -> float:

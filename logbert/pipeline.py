@@ -232,20 +232,21 @@ class LogAnomalyPipeline(Pipeline):
         tokenizer = self.tokenizer
         cls_id, sep_id, mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
         rows = []  # (length, session index, event index, tokens with the target in place, target position, kind)
+        cls_tensor = torch.tensor([cls_id])
         for session_index, key in enumerate(keys):
+            events = torch.tensor(key)
             windows = window_spans(len(key), self.max_events)
-            for window in windows:
-                tokens = [cls_id, *key[window.start: window.end], sep_id]
+            for window in windows:  # one tensor per window, shared by the rows that mask its events
+                window_tokens = torch.tensor([cls_id, *key[window.start: window.end], sep_id])
                 for event_index in range(window.score_start, window.score_end):
-                    rows.append((len(tokens), session_index, event_index, tokens, event_index - window.start + 1,
-                                 MASKED))
+                    rows.append((len(window_tokens), session_index, event_index, window_tokens,
+                                 event_index - window.start + 1, MASKED))
             for event_index in range(1, len(key)):
                 start = max(0, event_index - self.max_events)
-                tokens = [cls_id, *key[start: event_index + 1]]
+                tokens = torch.cat((cls_tensor, events[start: event_index + 1]))
                 rows.append((len(tokens), session_index, event_index, tokens, len(tokens) - 1, NEXT))
-            last = windows[-1]
-            tokens = [cls_id, *key[last.start: last.end], sep_id]
-            rows.append((len(tokens), session_index, -1, tokens, len(tokens) - 1, END_SLOT))
+            # The end slot: the last window with its [SEP] masked.
+            rows.append((len(window_tokens), session_index, -1, window_tokens, len(window_tokens) - 1, END_SLOT))
         rows.sort(key=lambda row: row[0])  # similar lengths together: little padding
 
         outputs = [{"nll": np.zeros(len(k)), "rank": np.zeros(len(k), dtype=np.int64),
@@ -264,7 +265,7 @@ class LogAnomalyPipeline(Pipeline):
             input_ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
             attention_mask = torch.zeros_like(input_ids)
             for row, (size, _, _, tokens, _, _) in enumerate(batch):
-                input_ids[row, :size] = torch.tensor(tokens)
+                input_ids[row, :size] = tokens
                 attention_mask[row, :size] = 1
             positions = torch.tensor([row[4] for row in batch])
             targets = input_ids[torch.arange(len(batch)), positions].clone()
