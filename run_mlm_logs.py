@@ -18,7 +18,7 @@ from collections import Counter
 import pyarrow.compute as pc
 import transformers
 from huggingface_hub import errors as hub_errors
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from logbert.callbacks import (BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError,
                                ReproducibleResumeCallback)
@@ -34,6 +34,7 @@ from logbert.model import build_model
 from logbert.pipeline import write_known_count_vectors
 from logbert.tokenizer import (build_event_tokenizer, build_token_id_tokenizer, count_events, never_masked_ids,
                                vocabulary_fingerprint)
+from logbert.trainer import LogBertTrainer
 
 logger = logging.getLogger("run_mlm_logs")
 
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if not do_eval:
         training_args.eval_strategy = "no"
     max_k = max(training_args.top_k)
-    trainer = Trainer(
+    trainer = LogBertTrainer(
         model=model,
         args=training_args,
         train_dataset=model_inputs(train_dataset),

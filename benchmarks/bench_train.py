@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import transformers
 from datasets import Dataset
-from transformers import Trainer, TrainerCallback, set_seed
+from transformers import TrainerCallback, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from benchmarks.generate_corpus import CLS_ID, SEP_ID, SessionSampler, load_hdfs_sessions
@@ -44,6 +44,7 @@ from logbert.config import DataArguments, parse_args
 from logbert.data import TOKEN_IDS_KIND, load_corpus, model_inputs
 from logbert.model import build_model
 from logbert.tokenizer import build_token_id_tokenizer
+from logbert.trainer import LogBertTrainer
 
 SETUPS = {
     "naive": {"train_sampling_strategy": "random", "sparse_mlm_head": "false", "end_of_session_probability": "0"},
@@ -163,7 +164,7 @@ def run_setup(name: str, overrides: dict, args: argparse.Namespace, dataset_for,
     model = build_model(model_args, tokenizer, TOKEN_IDS_KIND)
     collator = build_training_collator(tokenizer, data_args)
     meter = ThroughputMeter(model, args.warmup_steps)
-    trainer = Trainer(model=model, args=training_args, train_dataset=model_inputs(dataset_for(data_args)),
+    trainer = LogBertTrainer(model=model, args=training_args, train_dataset=model_inputs(dataset_for(data_args)),
                       processing_class=tokenizer, data_collator=collator, callbacks=[meter])
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from transformers import DataCollatorForLanguageModeling
 
@@ -60,6 +61,33 @@ class LogSessionCollator(DataCollatorForLanguageModeling):
         return inputs, labels
 
 
+NO_END_SLOT = -1
+
+
+def draw_end_slots(events: np.ndarray, probability: float, rng: np.random.Generator) -> np.ndarray:
+    """Where each session's end slot goes: NO_END_SLOT, or k, the number of events kept before the slot.
+
+    A share `probability` of the sessions with at least one event get a slot. Half of those keep every event
+    (k = events: the slot predicts [SEP]); the others keep a uniform random prefix of 1..events-1 events (the
+    slot predicts event k + 1). A one-event session has no proper prefix and always keeps its event.
+
+    Args:
+        events: events per session, [CLS] and [SEP] not counted. # (N,)
+    Returns:
+        # (N,) int64
+    """
+    events = np.asarray(events, dtype=np.int64)
+    chosen = (rng.random(len(events)) < probability) & (events >= 1)
+    whole = (rng.random(len(events)) < 0.5) | (events == 1)
+    prefix = 1 + (rng.random(len(events)) * np.maximum(events - 1, 1)).astype(np.int64)
+    return np.where(chosen, np.where(whole, events, prefix), NO_END_SLOT)
+
+
+def end_slot_lengths(lengths: np.ndarray, end_slots: np.ndarray) -> np.ndarray:
+    """Tokens per session once its end slot is in place: [CLS], the events kept, the slot."""
+    return np.where(end_slots == NO_END_SLOT, lengths, end_slots + 2)
+
+
 @dataclass
 class EndOfSessionCollator:
     """Wraps the MLM collator: some sessions end in a masked "end slot" instead of [SEP].
@@ -69,6 +97,10 @@ class EndOfSessionCollator:
     model must predict what is there: [SEP] for a complete session (half of them), the next event for a random
     prefix (the other half). At scoring time `-log P([SEP] | session, end slot)` then says how unlikely it is
     that the session ends where it ends.
+
+    Where each slot goes comes with the example as `end_slot` (see `draw_end_slots`), drawn by the training
+    sampler so that batches can be grouped by the length after the cut (`logbert.trainer`). Examples without
+    it (a plain Trainer, or another sampling strategy) get slots drawn here, from the torch RNG.
     """
 
     collator: object
@@ -78,20 +110,20 @@ class EndOfSessionCollator:
         if "labels" in examples[0]:  # evaluation sessions, masked ahead of time: plain MLM
             return self.collator(examples)
         tokenizer = self.collator.tokenizer
-        sep, mask = tokenizer.sep_token_id, tokenizer.mask_token_id
+        mask = tokenizer.mask_token_id
+        if "end_slot" in examples[0]:
+            end_slots = [example["end_slot"] for example in examples]
+        else:
+            rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
+            end_slots = draw_end_slots([len(example["input_ids"]) - 2 for example in examples], self.probability,
+                                       rng).tolist()
         ends = []  # (row, position, label)
         reshaped = []
-        draws = torch.rand(len(examples), 2)
-        for row, example in enumerate(examples):
+        for row, (example, kept) in enumerate(zip(examples, end_slots)):
             ids = list(example["input_ids"])
-            events = len(ids) - 2
-            if events >= 1 and draws[row, 0] < self.probability:
-                if events == 1 or draws[row, 1] < 0.5:
-                    ids, label = ids[:-1] + [mask], sep
-                else:
-                    cut = int(torch.randint(1, events, (1,)))  # keep events 1..cut, predict event cut+1
-                    ids, label = ids[: cut + 1] + [mask], ids[cut + 1]
-                ends.append((row, len(ids) - 1, label))
+            if kept != NO_END_SLOT:  # keep [CLS] and `kept` events; the slot holds what came next
+                ids, label = ids[: kept + 1] + [mask], ids[kept + 1]
+                ends.append((row, kept + 1, label))
             reshaped.append({**example, "input_ids": ids})
         batch = self.collator(reshaped)
         for row, position, label in ends:

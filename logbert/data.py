@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+import contextlib
+import ctypes
 import glob
 import hashlib
 import json
@@ -887,6 +889,36 @@ def build_shard(path: str, settings: ParseSettings, cache_root: Path, overwrite:
 
 _next_job = None  # in a parsing worker: the shared index of the next file to parse (see build_shards)
 
+# glibc's mallopt parameters, and its defaults for them.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_DEFAULT_THRESHOLD = 128 * 1024
+
+
+@contextlib.contextmanager
+def _heap_reused_across_files():
+    """Keep the memory of one file's buffers in the heap for the next file (glibc; elsewhere a no-op).
+
+    A file's text and its arrays are tens of MB each. glibc serves allocations above its mmap threshold (at most
+    32 MB unless set) with fresh mappings, and returns freed memory at the heap's top to the kernel beyond its trim
+    threshold: each file then paid for the kernel to map and zero every page again. That was half the CPU time of a
+    parse (0.31 -> 0.15 CPU-s per 42 MB reference file). Afterwards the defaults are set again and the kept
+    memory is released.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        yield
+        return
+    mallopt(_M_MMAP_THRESHOLD, 1 << 30)
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    try:
+        yield
+    finally:
+        mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+        mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+        malloc_trim(0)
+
 
 def _share_job_counter(counter) -> None:
     global _next_job
@@ -900,19 +932,20 @@ def _parse_claimed_files(jobs: list[tuple], counter=None) -> list[tuple[int, Fil
     """
     counter = counter if counter is not None else _next_job
     done: list[tuple[int, FileShard | DataError]] = []
-    while True:
-        with counter.get_lock():
-            index = counter.value
-            counter.value += 1
-        if index >= len(jobs):
-            return done
-        try:
-            done.append((index, build_shard(*jobs[index])[0]))
-        except DataError as error:
+    with _heap_reused_across_files():
+        while True:
             with counter.get_lock():
-                counter.value = len(jobs)
-            done.append((index, error))
-            return done
+                index = counter.value
+                counter.value += 1
+            if index >= len(jobs):
+                return done
+            try:
+                done.append((index, build_shard(*jobs[index])[0]))
+            except DataError as error:
+                with counter.get_lock():
+                    counter.value = len(jobs)
+                done.append((index, error))
+                return done
 
 
 def build_shards(files: list[str], settings: ParseSettings, cache_root: Path, overwrite: bool = False,
@@ -939,9 +972,8 @@ def build_shards(files: list[str], settings: ParseSettings, cache_root: Path, ov
                 for result in pending:
                     done.extend(result.get())
     else:
-        done = []
-        for index, job in enumerate(jobs):
-            done.append((index, build_shard(*job)[0]))
+        with _heap_reused_across_files():
+            done = [(index, build_shard(*job)[0]) for index, job in enumerate(jobs)]
     errors = sorted((index, shard) for index, shard in done if isinstance(shard, DataError))
     if errors:  # the first bad file in file order, as a serial run would report it
         raise errors[0][1]

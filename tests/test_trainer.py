@@ -1,0 +1,147 @@
+"""logbert.trainer: end-slot cuts drawn per epoch by the sampler, and batches grouped by the length after the cut."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
+
+from logbert.collator import NO_END_SLOT, EndOfSessionCollator, build_collator, draw_end_slots, end_slot_lengths
+from logbert.config import DataArguments
+from logbert.tokenizer import build_token_id_tokenizer
+from logbert.trainer import EndSlotDataset, EndSlotSampler, LogBertTrainer, length_grouped_order
+
+BATCH = 32
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_token_id_tokenizer(300)
+
+
+def heavy_sessions(count: int, seed: int = 0) -> Dataset:
+    """Sessions of log-normal length around 150 tokens (the reference's), events 104..299."""
+    rng = np.random.default_rng(seed)
+    lengths = np.clip(rng.lognormal(np.log(150), 0.6, count).astype(int), 3, 512)
+    input_ids = [[101, *rng.integers(104, 300, length - 2).tolist(), 102] for length in lengths]
+    return Dataset.from_dict({"input_ids": input_ids, "length": lengths.tolist()})
+
+
+# ---- the draw -------------------------------------------------------------------------------------------------------
+
+def test_end_slots_follow_the_documented_shares_and_bounds():
+    events = np.random.default_rng(0).integers(0, 200, 200_000)
+    end_slots = draw_end_slots(events, 0.5, np.random.default_rng(1))
+    has_events = events >= 1
+    assert (end_slots[~has_events] == NO_END_SLOT).all()  # nothing to cut, nothing to predict
+    chosen = end_slots != NO_END_SLOT
+    assert chosen[has_events].mean() == pytest.approx(0.5, abs=0.01)
+    whole = chosen & (end_slots == events)
+    prefix = chosen & ~whole
+    assert whole[has_events & (events >= 2)].mean() == pytest.approx(0.25, abs=0.01)
+    assert (end_slots[prefix] >= 1).all() and (end_slots[prefix] <= events[prefix] - 1).all()
+    assert (end_slots[chosen & (events == 1)] == 1).all()  # one event: the whole session, the slot predicts [SEP]
+    # uniform over the prefixes: for 10-event sessions, each of 1..9 kept events about equally often
+    counts = np.bincount(end_slots[prefix & (events == 10)], minlength=10)[1:]
+    assert counts.min() > 0.7 * counts.mean()
+
+
+def test_lengths_after_the_cut():
+    lengths = np.array([10, 10, 10, 3])
+    end_slots = np.array([NO_END_SLOT, 8, 3, 1])
+    assert end_slot_lengths(lengths, end_slots).tolist() == [10, 10, 5, 3]
+
+
+def test_collator_puts_the_slot_where_the_example_says(tokenizer):
+    collator = EndOfSessionCollator(build_collator(tokenizer, DataArguments(mlm_probability=0.0001)), 0.5)
+    ids = [101, 104, 105, 106, 107, 102]
+    batch = collator([{"input_ids": ids, "end_slot": 2}, {"input_ids": ids, "end_slot": 4},
+                      {"input_ids": ids, "end_slot": NO_END_SLOT}])
+    mask = tokenizer.mask_token_id
+    assert batch["attention_mask"].sum(dim=1).tolist() == [4, 6, 6]
+    assert batch["input_ids"][0, :4].tolist() == [101, 104, 105, mask] and batch["labels"][0, 3] == 106
+    assert batch["input_ids"][1, :6].tolist() == [101, 104, 105, 106, 107, mask] and batch["labels"][1, 5] == 102
+    assert batch["input_ids"][2, :6].tolist() == ids
+
+
+# ---- the sampler ----------------------------------------------------------------------------------------------------
+
+def test_sampler_yields_every_session_once_with_its_planned_slot_and_is_fixed_by_seed_and_epoch():
+    lengths = heavy_sessions(2000)["length"]
+    sampler = EndSlotSampler(lengths, BATCH, 0.5, seed=7)
+    first = list(sampler)
+    assert sorted(index for index, _ in first) == list(range(2000))
+    order, end_slots = sampler.plan()
+    assert first == list(zip(order.tolist(), end_slots[order].tolist()))
+    assert list(EndSlotSampler(lengths, BATCH, 0.5, seed=7)) == first  # another process, or a resumed run
+    sampler.set_epoch(1)
+    assert list(sampler) != first  # new cuts and a new order each epoch
+    assert list(EndSlotSampler(lengths, BATCH, 0.5, seed=8)) != first
+
+
+def test_grouped_order_sorts_each_megabatch_and_puts_the_longest_first():
+    lengths = np.random.default_rng(0).integers(3, 512, 10_000)
+    order = length_grouped_order(lengths, BATCH, np.random.default_rng(0))
+    assert sorted(order.tolist()) == list(range(10_000))
+    assert lengths[order[0]] == lengths.max()
+    megabatch = 50 * BATCH
+    for start in range(megabatch, 10_000, megabatch):  # the first one had its head swapped
+        chunk = lengths[order[start: start + megabatch]]
+        assert (np.diff(chunk) <= 0).all()
+
+
+def batch_padding_efficiency(dataloader) -> float:
+    real = slots = 0
+    for batch in dataloader:
+        real += int(batch["attention_mask"].sum())
+        slots += batch["attention_mask"].numel()
+    return real / slots
+
+
+def tiny_trainer(trainer_class, tokenizer, dataset, tmp_path, **arguments):
+    model = BertForMaskedLM(BertConfig(vocab_size=320, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=64, max_position_embeddings=512))
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=BATCH, use_cpu=True, seed=3,
+                             report_to="none", remove_unused_columns=False, **arguments)
+    collator = EndOfSessionCollator(build_collator(tokenizer, DataArguments()), 0.5)
+    return trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         data_collator=collator)
+
+
+def test_batches_grouped_after_the_cut_waste_under_a_tenth_on_padding(tokenizer, tmp_path):
+    dataset = heavy_sessions(3200)
+    grouped = tiny_trainer(LogBertTrainer, tokenizer, dataset, tmp_path, train_sampling_strategy="group_by_length")
+    plain = tiny_trainer(Trainer, tokenizer, dataset, tmp_path, train_sampling_strategy="group_by_length")
+    efficiency = batch_padding_efficiency(grouped.get_train_dataloader())
+    cut_after_grouping = batch_padding_efficiency(plain.get_train_dataloader())
+    assert efficiency >= 0.9
+    assert cut_after_grouping < 0.9  # what the sampler-level cuts fix
+    # and the end slots are still there: a quarter of the rows are prefixes ending in the slot
+    batch = next(iter(grouped.get_train_dataloader()))
+    slots = batch["input_ids"][torch.arange(BATCH), batch["attention_mask"].sum(dim=1) - 1] == tokenizer.mask_token_id
+    assert slots.any()
+
+
+def test_worker_processes_collate_the_same_batches(tokenizer, tmp_path):
+    dataset = heavy_sessions(256)
+    batches = []
+    for workers in (0, 2):
+        trainer = tiny_trainer(LogBertTrainer, tokenizer, dataset, tmp_path, dataloader_num_workers=workers)
+        batches.append([batch["attention_mask"].sum(dim=1) for batch in trainer.get_train_dataloader()])
+    assert len(batches[0]) == len(batches[1]) == 8
+    assert all(torch.equal(a, b) for a, b in zip(*batches))
+
+
+def test_dataset_reads_pairs_and_plain_indices(tokenizer):
+    dataset = EndSlotDataset(heavy_sessions(4))
+    assert dataset[(2, 5)]["end_slot"] == 5
+    assert dataset[2]["end_slot"] == NO_END_SLOT
+    assert dataset[(2, 5)]["input_ids"] == dataset[2]["input_ids"]
+
+
+def test_plain_trainer_path_without_the_end_slot(tokenizer, tmp_path):
+    trainer = tiny_trainer(LogBertTrainer, tokenizer, heavy_sessions(64), tmp_path)
+    trainer.data_collator = trainer.data_collator.collator  # end slot off: the Trainer's own dataloader
+    assert not isinstance(trainer.get_train_dataloader().dataset, EndSlotDataset)
