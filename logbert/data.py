@@ -889,9 +889,10 @@ def build_shard(path: str, settings: ParseSettings, cache_root: Path, overwrite:
 
 _next_job = None  # in a parsing worker: the shared index of the next file to parse (see build_shards)
 
-# glibc's mallopt parameters, and its defaults for them.
+# glibc's mallopt parameters. Setting one turns glibc's own adjustment of both off for the process, so afterwards
+# they are set to what that adjustment reaches once large blocks have been freed (32 MB, and twice that).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_DEFAULT_THRESHOLD = 128 * 1024
+_SETTLED_MMAP_THRESHOLD = 32 * 1024 * 1024
 
 
 @contextlib.contextmanager
@@ -900,9 +901,9 @@ def _heap_reused_across_files():
 
     A file's text and its arrays are tens of MB each. glibc serves allocations above its mmap threshold (at most
     32 MB unless set) with fresh mappings, and returns freed memory at the heap's top to the kernel beyond its trim
-    threshold: each file then paid for the kernel to map and zero every page again. That was half the CPU time of a
-    parse (0.31 -> 0.15 CPU-s per 42 MB reference file). Afterwards the defaults are set again and the kept
-    memory is released.
+    threshold: each file then paid for the kernel to map and zero every page again. That was a quarter to a half of
+    the CPU time of a parse (0.22-0.31 -> 0.15-0.20 CPU-s per 42 MB reference file; benchmarks/bench_parse.py).
+    Afterwards the kept memory is released.
     """
     try:
         libc = ctypes.CDLL(None)
@@ -915,8 +916,8 @@ def _heap_reused_across_files():
     try:
         yield
     finally:
-        mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
-        mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
+        mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
+        mallopt(_M_TRIM_THRESHOLD, 2 * _SETTLED_MMAP_THRESHOLD)
         malloc_trim(0)
 
 

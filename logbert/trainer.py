@@ -112,6 +112,8 @@ class LogBertTrainer(Trainer):
 
     Only the training dataloader changes, through the Trainer's own hooks; loss, loop, evaluation and saving are
     the Trainer's. Without the end slot (or with a strategy the sampler does not draw) it is the plain Trainer.
+    A subclass rather than a callback because the Trainer builds its sampler inside `get_train_dataloader`, and a
+    DataLoader's sampler cannot be replaced once built.
     """
 
     def _end_slot_probability(self) -> float:

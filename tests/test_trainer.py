@@ -5,13 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from accelerate.data_loader import BatchSamplerShard
 from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
 
-from logbert.collator import NO_END_SLOT, EndOfSessionCollator, build_collator, draw_end_slots, end_slot_lengths
+from logbert.collator import (
+    NO_END_SLOT,
+    EndOfSessionCollator,
+    build_collator,
+    draw_end_slots,
+    end_slot_lengths,
+)
 from logbert.config import DataArguments
 from logbert.tokenizer import build_token_id_tokenizer
-from logbert.trainer import EndSlotDataset, EndSlotSampler, LogBertTrainer, length_grouped_order
+from logbert.trainer import (
+    EndSlotDataset,
+    EndSlotSampler,
+    LogBertTrainer,
+    length_grouped_order,
+)
 
 BATCH = 32
 
@@ -145,3 +157,15 @@ def test_plain_trainer_path_without_the_end_slot(tokenizer, tmp_path):
     trainer = tiny_trainer(LogBertTrainer, tokenizer, heavy_sessions(64), tmp_path)
     trainer.data_collator = trainer.data_collator.collator  # end slot off: the Trainer's own dataloader
     assert not isinstance(trainer.get_train_dataloader().dataset, EndSlotDataset)
+
+
+def test_two_processes_split_one_plan_between_them():
+    """Under DDP each rank iterates its own copy of the sampler; accelerate hands every rank other batches."""
+    lengths = heavy_sessions(640)["length"]
+    shards = []
+    for rank in (0, 1):
+        batches = torch.utils.data.BatchSampler(EndSlotSampler(lengths, BATCH, 0.5, seed=5), BATCH, drop_last=False)
+        shards.append([pair for batch in BatchSamplerShard(batches, num_processes=2, process_index=rank)
+                       for pair in batch])
+    assert len(shards[0]) == len(shards[1]) == 320
+    assert sorted(shards[0] + shards[1]) == sorted(EndSlotSampler(lengths, BATCH, 0.5, seed=5))
