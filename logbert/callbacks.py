@@ -13,7 +13,6 @@ from transformers import TrainerCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .export import non_finite_parameters
-from .trainer import EndSlotSampler
 
 logger = logging.getLogger(__name__)
 
@@ -140,11 +139,12 @@ class ReproducibleResumeCallback(TrainerCallback):
     - the collator masks with the global RNG, and on resume the Trainer restores `rng_state.pth` only after it
       has fetched, and so masked, the first batch: that batch gets other masks, and every later draw (masks
       and dropout) is shifted by the collation the restore then undoes.
-    So the sampler draws from `seed + epoch` (what accelerate does for a plain random sampler; `EndSlotSampler`
-    is told the epoch), and each training batch is collated under a forked global RNG seeded from (seed, epoch, the
-    batch's input_ids). Masks then depend on what is masked and when, not on how many batches were drawn
-    before, and the global RNG that dropout draws from no longer moves during collation: after the Trainer's
-    restore it is exactly where the uninterrupted run had it. Workers collate with the same seeds, so this holds
+    So the sampler gets its own generator seeded with `seed + epoch` (what accelerate does for a plain random
+    sampler; `logbert.trainer.EndSlotSampler` draws from (seed, epoch) itself), and each training batch is
+    collated under a forked global RNG seeded from (seed, epoch, the batch's input_ids). Masks then depend on
+    what is masked and when, not on how many batches were drawn before, and the global RNG that dropout draws
+    from no longer moves during collation: after the Trainer's restore it is exactly where the uninterrupted run
+    had it. Workers collate with the same seeds, so this holds
     with `--dataloader_num_workers` > 0 too.
     """
 
@@ -168,10 +168,8 @@ class ReproducibleResumeCallback(TrainerCallback):
         epoch = math.floor(state.epoch or 0)
         if self.collate is not None:
             self.collate.epoch = epoch
-        sampler = training_sampler(train_dataloader)
-        if isinstance(sampler, EndSlotSampler):  # its cuts and order come from (seed, epoch)
-            sampler.set_epoch(epoch)
-        elif isinstance(sampler, LengthGroupedSampler):
+        sampler = length_grouped_sampler(train_dataloader)
+        if sampler is not None:
             sampler.generator = torch.Generator().manual_seed(args.seed + epoch)
 
 
@@ -201,14 +199,14 @@ class SeededCollate:
             return self.collate_fn(examples)
 
 
-def training_sampler(dataloader) -> EndSlotSampler | LengthGroupedSampler | None:
-    """The epoch-seeded sampler inside an accelerate-prepared dataloader, under its batch-sampler wrappers."""
+def length_grouped_sampler(dataloader) -> LengthGroupedSampler | None:
+    """The Trainer's LengthGroupedSampler inside an accelerate-prepared dataloader, under its batch-sampler wrappers."""
     batch_sampler = getattr(dataloader, "batch_sampler", None)
     for _ in range(4):  # BatchSamplerShard -> BatchSampler -> sampler
         if batch_sampler is None:
             return None
         sampler = getattr(batch_sampler, "sampler", None)
-        if isinstance(sampler, (EndSlotSampler, LengthGroupedSampler)):
+        if isinstance(sampler, LengthGroupedSampler):
             return sampler
         batch_sampler = getattr(batch_sampler, "batch_sampler", None)
     return None

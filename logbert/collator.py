@@ -122,7 +122,9 @@ class EndOfSessionCollator:
         for row, (example, kept) in enumerate(zip(examples, end_slots)):
             ids = list(example["input_ids"])
             if kept != NO_END_SLOT:  # keep [CLS] and `kept` events; the slot holds what came next
-                ids, label = ids[: kept + 1] + [mask], ids[kept + 1]
+                # The whole session: its end is [SEP], also for token-id data whose last token is something else.
+                label = tokenizer.sep_token_id if kept == len(ids) - 2 else ids[kept + 1]
+                ids = ids[: kept + 1] + [mask]
                 ends.append((row, kept + 1, label))
             reshaped.append({**example, "input_ids": ids})
         batch = self.collator(reshaped)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import platform
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -905,20 +906,22 @@ def _heap_reused_across_files():
     the CPU time of a parse (0.22-0.31 -> 0.15-0.20 CPU-s per 42 MB reference file; benchmarks/bench_parse.py).
     Afterwards the kept memory is released.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
-    except (OSError, AttributeError):
+    if platform.libc_ver()[0] != "glibc":
         yield
         return
-    mallopt(_M_MMAP_THRESHOLD, 1 << 30)
-    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    libc = ctypes.CDLL(None)
+    # Older glibc refuses an mmap threshold above 32 MB (mallopt returns 0); then leave both alone rather
+    # than freeze the threshold low.
+    if not libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30):
+        yield
+        return
+    libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
     try:
         yield
-    finally:
-        mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
-        mallopt(_M_TRIM_THRESHOLD, 2 * _SETTLED_MMAP_THRESHOLD)
-        malloc_trim(0)
+    finally:  # for the rest of the process (training, when it parsed too): glibc's usual values for large blocks
+        libc.mallopt(_M_MMAP_THRESHOLD, _SETTLED_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, 2 * _SETTLED_MMAP_THRESHOLD)
+        libc.malloc_trim(0)
 
 
 def _share_job_counter(counter) -> None:

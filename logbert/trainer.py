@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from .collator import (
     NO_END_SLOT,
@@ -107,6 +110,23 @@ class EndSlotDataset(torch.utils.data.Dataset):
         return [{"input_ids": ids, "end_slot": int(end_slot)} for ids, (_, end_slot) in zip(rows, keys)]
 
 
+class EndSlotEpochCallback(TrainerCallback):
+    """Tells the end-slot sampler the epoch as it begins.
+
+    The Trainer's own `set_epoch` calls do not reach a sampler under accelerate's wrappers when a run resumes
+    mid-epoch on several processes (SkipBatchSampler -> BatchSamplerShard -> BatchSampler -> sampler): it would
+    replay epoch 0's cuts and order.
+    """
+
+    def __init__(self, trainer: LogBertTrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        sampler = getattr(self.trainer, "end_slot_sampler", None)
+        if sampler is not None:  # state.epoch: the integer epoch, or epoch + fraction done when resuming mid-epoch
+            sampler.set_epoch(math.floor(state.epoch or 0))
+
+
 class LogBertTrainer(Trainer):
     """The Hugging Face Trainer, with end-slot cuts drawn by the sampler (`EndSlotSampler`) instead of the collator.
 
@@ -115,6 +135,11 @@ class LogBertTrainer(Trainer):
     A subclass rather than a callback because the Trainer builds its sampler inside `get_train_dataloader`, and a
     DataLoader's sampler cannot be replaced once built.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.end_slot_sampler: EndSlotSampler | None = None
+        self.add_callback(EndSlotEpochCallback(self))
 
     def _end_slot_probability(self) -> float:
         collator = self.data_collator
@@ -127,16 +152,20 @@ class LogBertTrainer(Trainer):
         if not self._end_slot_probability():
             return super().get_train_dataloader()
         return self._get_dataloader(dataset=EndSlotDataset(self.train_dataset), description="Training",
-                                    batch_size=self._train_batch_size, sampler_fn=self._end_slot_sampler,
+                                    batch_size=self._train_batch_size, sampler_fn=self._build_end_slot_sampler,
                                     is_training=True)
 
-    def _end_slot_sampler(self, dataset: EndSlotDataset) -> EndSlotSampler:
-        lengths = self.train_dataset.with_format("numpy")[self.args.length_column_name] \
+    def _build_end_slot_sampler(self, dataset: EndSlotDataset) -> EndSlotSampler:
+        # Read through Arrow: a numpy-formatted column converts row by row (minutes at the reference scale).
+        table = self.train_dataset.with_format("arrow")
+        lengths = table[self.args.length_column_name].to_numpy() \
             if self.args.length_column_name in self.train_dataset.column_names \
-            else np.array([len(ids) for ids in self.train_dataset["input_ids"]])
+            else pc.list_value_length(table["input_ids"]).to_numpy()
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
-        return EndSlotSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                              self._end_slot_probability(), seed, self.args.train_sampling_strategy)
+        self.end_slot_sampler = EndSlotSampler(
+            lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            self._end_slot_probability(), seed, self.args.train_sampling_strategy)
+        return self.end_slot_sampler
 
     def _get_collator_with_removed_columns(self, data_collator, description=None):
         # The planned training features are exactly what the collator reads (input_ids, end_slot): keep them all.

@@ -9,6 +9,7 @@ from accelerate.data_loader import BatchSamplerShard
 from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
 
+from logbert.callbacks import SeededCollate
 from logbert.collator import (
     NO_END_SLOT,
     EndOfSessionCollator,
@@ -130,20 +131,42 @@ def test_batches_grouped_after_the_cut_waste_under_a_tenth_on_padding(tokenizer,
     cut_after_grouping = batch_padding_efficiency(plain.get_train_dataloader())
     assert efficiency >= 0.9
     assert cut_after_grouping < 0.9  # what the sampler-level cuts fix
-    # and the end slots are still there: a quarter of the rows are prefixes ending in the slot
-    batch = next(iter(grouped.get_train_dataloader()))
-    slots = batch["input_ids"][torch.arange(BATCH), batch["attention_mask"].sum(dim=1) - 1] == tokenizer.mask_token_id
-    assert slots.any()
+    # and the end slots are all there: half of the rows end in the slot ([SEP] is never masked otherwise)
+    ends_in_slot = []
+    for batch in grouped.get_train_dataloader():
+        last = batch["attention_mask"].sum(dim=1) - 1
+        ends_in_slot.append(batch["input_ids"][torch.arange(len(last)), last] == tokenizer.mask_token_id)
+    assert torch.cat(ends_in_slot).float().mean() == pytest.approx(0.5, abs=0.04)
 
 
 def test_worker_processes_collate_the_same_batches(tokenizer, tmp_path):
+    """Workers get each session's cut with its index: the same rows, slots and (seeded) masks as in-process."""
     dataset = heavy_sessions(256)
     batches = []
     for workers in (0, 2):
         trainer = tiny_trainer(LogBertTrainer, tokenizer, dataset, tmp_path, dataloader_num_workers=workers)
-        batches.append([batch["attention_mask"].sum(dim=1) for batch in trainer.get_train_dataloader()])
+        loader = trainer.get_train_dataloader()
+        base = getattr(loader, "base_dataloader", loader)
+        base.collate_fn = SeededCollate(base.collate_fn, seed=3)  # as ReproducibleResumeCallback does
+        batches.append(list(loader))
     assert len(batches[0]) == len(batches[1]) == 8
-    assert all(torch.equal(a, b) for a, b in zip(*batches))
+    for in_process, in_worker in zip(*batches):
+        assert torch.equal(in_process["input_ids"], in_worker["input_ids"])
+        assert torch.equal(in_process["labels"], in_worker["labels"])
+
+
+def test_the_sampler_learns_the_epoch_from_the_trainer_also_when_resuming_mid_epoch(tokenizer, tmp_path):
+    trainer = tiny_trainer(LogBertTrainer, tokenizer, heavy_sessions(64), tmp_path)
+    trainer.get_train_dataloader()
+    trainer.state.epoch = 2.25  # what the Trainer holds at the epoch start of a run resumed a quarter into epoch 2
+    trainer.callback_handler.on_epoch_begin(trainer.args, trainer.state, trainer.control)
+    assert trainer.end_slot_sampler.epoch == 2
+
+
+def test_a_whole_session_slot_predicts_sep_even_when_the_data_ends_otherwise(tokenizer):
+    collator = EndOfSessionCollator(build_collator(tokenizer, DataArguments(mlm_probability=0.0001)), 0.5)
+    batch = collator([{"input_ids": [101, 104, 105, 106], "end_slot": 2}])  # token-id data without a final [SEP]
+    assert batch["input_ids"][0, 3] == tokenizer.mask_token_id and batch["labels"][0, 3] == tokenizer.sep_token_id
 
 
 def test_dataset_reads_pairs_and_plain_indices(tokenizer):
