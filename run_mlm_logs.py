@@ -13,66 +13,71 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections import Counter
 
-import pyarrow.compute as pc
 import transformers
 from huggingface_hub import errors as hub_errors
 from transformers import set_seed
 
-from logbert.callbacks import (BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError,
-                               ReproducibleResumeCallback)
-from logbert.cli import load_detector
+from logbert.callbacks import BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError
 from logbert.collator import build_training_collator, mask_for_evaluation
 from logbert.config import ConfigError, parse_args, resolved_config
+from logbert.console import configure_logging, log_to_file, print_error
 from logbert.data import EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections
 from logbert.evaluation import apply_scoring_config, calibrate, known_count_vector_keys
-from logbert.export import find_latest_checkpoint, save_model_folder, write_model_card
+from logbert.export import save_model_folder, write_model_card
 from logbert.hub import HubError, push_model_folder
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from logbert.model import build_model
-from logbert.pipeline import write_known_count_vectors
-from logbert.tokenizer import (build_event_tokenizer, build_token_id_tokenizer, count_events, never_masked_ids,
+from logbert.pipeline import KNOWN_COUNT_VECTORS_FILE, write_known_count_vectors
+from logbert.resume import (ResumeError, check_checkpoint_fits, checkpoint_tokenizer_path, prepare_output_dir,
+                            resolve_checkpoint)
+from logbert.tokenizer import (build_event_tokenizer, build_token_id_tokenizer, count_events, most_frequent_event_id,
                                vocabulary_fingerprint)
 from logbert.trainer import LogBertTrainer
 
 logger = logging.getLogger("run_mlm_logs")
-
-
-def most_frequent_event_id(dataset, tokenizer) -> int | None:
-    """The most frequent maskable token id in the training data: the baseline a useful model must beat.
-
-    Counted a chunk at a time, so memory stays flat at the reference scale.
-    """
-    counts = Counter()
-    for chunk in dataset.with_format("arrow").iter(batch_size=100_000):
-        frequencies = pc.value_counts(pc.list_flatten(chunk["input_ids"]))
-        counts.update(dict(zip(frequencies.field("values").to_pylist(), frequencies.field("counts").to_pylist())))
-    for token_id in never_masked_ids(tokenizer):
-        counts.pop(token_id, None)
-    return counts.most_common(1)[0][0] if counts else None
+# The full resolved config goes to OUTPUT_DIR/train.log only: it is a hundred lines.
+details = logging.getLogger("run_mlm_logs.details")
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
-                        handlers=[logging.StreamHandler(sys.stdout)])
-    model_args, data_args, training_args, config_path = parse_args(argv)
-    if training_args.should_log:  # as run_mlm.py: the default "passive" log level means info
-        transformers.utils.logging.set_verbosity_info()
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logger.info("Config %s\n%s", config_path or "(defaults)", resolved_config(model_args, data_args, training_args))
+    configure_logging()
+    model_args, data_args, training_args, scoring_args, config_path = parse_args(argv)
+    if training_args.log_level in ("debug", "info"):  # asked for: the libraries' info lines on the terminal too
+        configure_logging(verbose=True)
+    if not training_args.should_log:  # the other processes of a distributed run: warnings only
+        logging.getLogger().setLevel(logging.WARNING)
     set_seed(training_args.seed)
+
+    # ---- Output folder and checkpoint: checked before any data is read ---------------------------------------------
+    output_dir = training_args.output_dir
+    checkpoint = resolve_checkpoint(training_args.resume_from_checkpoint, output_dir) if training_args.do_train \
+        else None
+    if checkpoint:
+        check_checkpoint_fits(checkpoint, model_args)
+    if training_args.should_save:
+        prepare_output_dir(output_dir, resuming=bool(training_args.resume_from_checkpoint),
+                           overwrite=training_args.overwrite_output_dir)
+    log_file = log_to_file(os.path.join(output_dir, "train.log")) if training_args.should_save else None
+    training_config = resolved_config(model_args, data_args, training_args, scoring_args)
+    logger.info("Config %s; the full log is in %s", config_path or "(defaults)", log_file)
+    details.info("Resolved config\n%s", training_config)
 
     # ---- Data: files -> Arrow-cached sessions -> vocabulary -> input_ids -------------------------------------------
     with training_args.main_process_first(desc="building the Arrow cache"):
         corpus = load_corpus(data_args, model_args.vocab_size, training_args.seed)
         if corpus.kind == EVENTS_KIND:
-            if model_args.model_name_or_path:
-                tokenizer = transformers.AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+            # A resumed run keeps the checkpoint's vocabulary: its embedding rows are indexed by it.
+            saved_vocabulary = checkpoint_tokenizer_path(checkpoint) or model_args.model_name_or_path
+            event_counts = count_events(corpus.train)
+            if saved_vocabulary:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(saved_vocabulary)
+                unknown = set(event_counts) - set(tokenizer.get_vocab())
+                if unknown:
+                    logger.warning("%d events of the training data are not in the vocabulary of %s (e.g. %s); they "
+                                   "are read as [UNK].", len(unknown), saved_vocabulary, sorted(unknown)[:5])
             else:
-                tokenizer = build_event_tokenizer(count_events(corpus.train), data_args.min_event_frequency)
+                tokenizer = build_event_tokenizer(event_counts, data_args.min_event_frequency)
             cache = data_args.cache_root() / "encoded"
             key = f"{corpus.cache_key}-{vocabulary_fingerprint(tokenizer)}-{data_args.max_seq_length}"
             train_dataset = tokenize_events(corpus.train, tokenizer, data_args.max_seq_length,
@@ -84,24 +89,25 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer = build_token_id_tokenizer(model_args.vocab_size)
             train_dataset, eval_dataset = corpus.train, corpus.validation
     data_summary = {**corpus.summary(), "vocabulary_tokens": len(tokenizer), "train_file_list": corpus.train_files}
-    logger.info("Data: %s", data_summary)
+    logger.info("Data: %d training and %d validation sessions, %d vocabulary tokens (%s)", len(train_dataset),
+                len(eval_dataset) if eval_dataset else 0, len(tokenizer), corpus.kind)
+    details.info("Data summary: %s", data_summary)
     if corpus.truncated:
         logger.warning("%d sessions were longer than max_seq_length %d and were truncated.", corpus.truncated,
                        data_args.max_seq_length)
     if corpus.rejected and training_args.should_save:
-        path = write_rejections(corpus.rejected, training_args.output_dir)
+        path = write_rejections(corpus.rejected, output_dir)
         logger.warning("%d bad records were skipped; each is in %s with its reason.", len(corpus.rejected), path)
 
     # ---- Model ------------------------------------------------------------------------------------------------------
     model = build_model(model_args, tokenizer, corpus.kind)
-    training_config = resolved_config(model_args, data_args, training_args)
 
     def export(model_to_save, subdirectory: str | None, metrics: dict | None = None) -> None:
-        directory = os.path.join(training_args.output_dir, subdirectory) if subdirectory else training_args.output_dir
+        directory = os.path.join(output_dir, subdirectory) if subdirectory else output_dir
         save_model_folder(model_to_save, tokenizer, directory, training_config, metrics, data_summary)
 
     # ---- Trainer ----------------------------------------------------------------------------------------------------
-    do_eval = eval_dataset is not None and len(eval_dataset) > 0
+    do_eval = training_args.do_eval and eval_dataset is not None and len(eval_dataset) > 0
     if not do_eval:
         training_args.eval_strategy = "no"
     max_k = max(training_args.top_k)
@@ -117,27 +123,34 @@ def main(argv: list[str] | None = None) -> int:
         preprocess_logits_for_metrics=lambda logits, labels: preprocess_logits_for_metrics(logits, labels, max_k),
         # GracefulStopCallback before NonFiniteLossCallback, so that the weights are checked on a SIGTERM save too.
         callbacks=[BestModelExportCallback(export), GracefulStopCallback(),
-                   NonFiniteLossCallback(training_args.nan_loss_patience), ReproducibleResumeCallback()],
+                   NonFiniteLossCallback(training_args.nan_loss_patience)],
     )
     stopper = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GracefulStopCallback))
+    try:
+        return train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus, train_dataset,
+                                     eval_dataset, tokenizer, training_args, scoring_args)
+    finally:  # SIGTERM is ours from training start to the last export; NonFiniteLossError skips on_train_end
+        stopper.restore_signal_handler()
+
+
+def train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus, train_dataset, eval_dataset,
+                          tokenizer, training_args, scoring_args) -> int:
+    """Train, evaluate, export and calibrate, stopping cleanly at the next stage boundary after a SIGTERM."""
+    output_dir = training_args.output_dir
+
+    def stopped(where: str) -> bool:
+        if stopper.received is None:
+            return False
+        logger.warning("Stopped by SIGTERM %s (step %d). Checkpoints are kept; resume with "
+                       "--resume_from_checkpoint.", where, trainer.state.global_step)
+        return True
 
     # ---- Train ------------------------------------------------------------------------------------------------------
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint in ("latest", "true", "True"):
-            checkpoint = find_latest_checkpoint(training_args.output_dir)
-            if checkpoint is None:
-                logger.warning("--resume_from_checkpoint: no complete checkpoint in %s; starting from scratch.",
-                               training_args.output_dir)
         if checkpoint:
             logger.info("Resuming from %s", checkpoint)
-        try:
-            train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        finally:  # NonFiniteLossError and other exceptions skip on_train_end
-            stopper.restore_signal_handler()
-        if stopper.received is not None:
-            logger.warning("Stopped by SIGTERM at step %d; resume with --resume_from_checkpoint.",
-                           trainer.state.global_step)
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        if stopped("during training"):
             return 0
         metrics = dict(train_result.metrics, train_samples=len(train_dataset))
         trainer.log_metrics("train", metrics)
@@ -151,31 +164,50 @@ def main(argv: list[str] | None = None) -> int:
         eval_metrics["eval_samples"] = len(eval_dataset)
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
-    if trainer.is_world_process_zero():
-        export(trainer.model, None, eval_metrics)
-        # ---- Threshold: from held-out normal sessions, no labels --------------------------------------------------
-        directories = [d for d in (training_args.output_dir, os.path.join(training_args.output_dir, "best_model"))
-                       if os.path.isdir(d)]
-        if training_args.known_normal_gate:  # before calibration: the threshold is set with the gate in place
-            keys = known_count_vector_keys(train_dataset, tokenizer)
-            for directory in directories:
-                write_known_count_vectors(directory, keys)
-            logger.info("Known-normal gate: %d distinct event multisets among %d training sessions.", len(keys),
-                        len(train_dataset))
-        if do_eval and (normal_sessions := calibration_sessions(corpus.validation, corpus.kind,
-                                                                training_args.calibration_max_sessions)):
-            for directory in directories:
-                settings = calibrate_model_folder(directory, normal_sessions, training_args)
-                logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
-                            directory, settings["anomaly_threshold"], settings["score_name"],
-                            settings["threshold_target_fpr"], settings["calibration_sessions"])
-        logger.info("Final model in %s; best model (by eval loss) in %s", training_args.output_dir,
-                    os.path.join(training_args.output_dir, "best_model"))
-        if training_args.push_to_hub:  # the folder as it is on disk: model, tokenizer, threshold, code, card
-            push_model_folder(training_args.output_dir,
-                              training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
-                              token=training_args.hub_token, private=bool(training_args.hub_private_repo))
+        warn_if_below_baseline(eval_metrics)
+    if stopped("during the final evaluation, before the final export") or not trainer.is_world_process_zero():
+        return 0
+
+    # ---- Export, known-normal gate, threshold -----------------------------------------------------------------------
+    export(trainer.model, None, eval_metrics)
+    directories = [d for d in (output_dir, os.path.join(output_dir, "best_model")) if os.path.isdir(d)]
+    for directory in directories:  # never a gate left over from an earlier run or built with another vocabulary
+        stale = os.path.join(directory, KNOWN_COUNT_VECTORS_FILE)
+        if os.path.exists(stale):
+            os.remove(stale)
+    if scoring_args.known_normal_gate:  # before calibration: the threshold is set with the gate in place
+        keys = known_count_vector_keys(train_dataset, tokenizer)
+        for directory in directories:
+            write_known_count_vectors(directory, keys)
+        logger.info("Known-normal gate: %d distinct event multisets among %d training sessions.", len(keys),
+                    len(train_dataset))
+    if stopped("after the final export, before threshold calibration (set it with `logbert calibrate`)"):
+        return 0
+    if do_eval and (normal_sessions := calibration_sessions(corpus.validation, corpus.kind,
+                                                            scoring_args.calibration_max_sessions)):
+        for directory in directories:
+            settings = calibrate_model_folder(directory, normal_sessions, scoring_args, str(training_args.device))
+            logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
+                        directory, settings["anomaly_threshold"], settings["score_name"],
+                        settings["threshold_target_fpr"], settings["calibration_sessions"])
+    else:
+        logger.warning("No validation sessions: the model has no anomaly threshold. Set one with `logbert calibrate "
+                       "--model %s --normal FILES`.", output_dir)
+    logger.info("Final model in %s; best model (by eval loss) in %s", output_dir,
+                os.path.join(output_dir, "best_model"))
+    if training_args.push_to_hub:  # the folder as it is on disk: model, tokenizer, threshold, code, card
+        push_model_folder(output_dir, training_args.hub_model_id or os.path.basename(os.path.abspath(output_dir)),
+                          token=training_args.hub_token, private=bool(training_args.hub_private_repo))
     return 0
+
+
+def warn_if_below_baseline(eval_metrics: dict) -> None:
+    """A model that predicts masked events worse than always guessing the most frequent one has learnt nothing."""
+    accuracy, baseline = eval_metrics.get("eval_accuracy"), eval_metrics.get("eval_baseline_accuracy")
+    if accuracy is not None and baseline is not None and accuracy < baseline:
+        logger.warning("!! The model predicts masked events WORSE than always guessing the most frequent event "
+                       "(eval accuracy %.4f < baseline %.4f): it has not learnt the logs. Its anomaly scores mean "
+                       "little; train longer or raise --learning_rate.", accuracy, baseline)
 
 
 def calibration_sessions(dataset, kind: str, limit: int) -> list:
@@ -185,11 +217,13 @@ def calibration_sessions(dataset, kind: str, limit: int) -> list:
     return [session for session, label in zip(sessions, rows["label"]) if label != 1]
 
 
-def calibrate_model_folder(directory: str, normal_sessions: list, training_args) -> dict:
+def calibrate_model_folder(directory: str, normal_sessions: list, scoring_args, device: str) -> dict:
     """Score the normal sessions with the exported model and store the threshold in its config.json."""
-    detector = load_detector(directory, device=str(training_args.device))
-    settings = calibrate(detector, normal_sessions, training_args.threshold_target_fpr, training_args.score_name,
-                         training_args.num_candidates)
+    from logbert.cli import load_detector
+
+    detector = load_detector(directory, device=device)
+    settings = calibrate(detector, normal_sessions, scoring_args.threshold_target_fpr, scoring_args.score_name,
+                         scoring_args.num_candidates)
     apply_scoring_config(directory, settings)
     write_model_card(directory)
     return settings
@@ -199,16 +233,14 @@ def cli(argv: list[str] | None = None) -> int:
     """Console entry point: input and configuration errors are reported in one line, not as a traceback."""
     try:
         return main(argv)
-    except (ConfigError, DataError, NonFiniteLossError, HubError) as error:
-        logger.error("%s", error)
-        print(f"error: {error}", file=sys.stderr)
+    except (ConfigError, DataError, NonFiniteLossError, HubError, ResumeError) as error:
+        print_error(error)
         return 2
     except (hub_errors.LocalTokenNotFoundError, hub_errors.OfflineModeIsEnabled, hub_errors.HfHubHTTPError) as error:
         # --push_to_hub makes the Trainer create the hub repository at start.
         message = f"--push_to_hub: the hub cannot be used ({type(error).__name__}: {error}). Log in with " \
                   "`hf auth login` (or set HF_TOKEN) on a machine with network access, or drop --push_to_hub."
-        logger.error("%s", message)
-        print(f"error: {message}", file=sys.stderr)
+        print_error(message)
         return 2
 
 

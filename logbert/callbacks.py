@@ -1,16 +1,14 @@
-"""Trainer callbacks: export the best model, stop on divergence, save and stop on SIGTERM, resume exactly."""
+"""Trainer callbacks: export the best model, stop on divergence, save and stop on SIGTERM.
+
+Resuming exactly is `logbert.resume`'s."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import signal
 
-import numpy as np
-import torch
 from transformers import TrainerCallback
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from .export import non_finite_parameters
 
@@ -97,7 +95,12 @@ class NonFiniteLossCallback(TrainerCallback):
 
 
 class GracefulStopCallback(TrainerCallback):
-    """On SIGTERM (what preemptible clusters send) save a checkpoint at the end of the current step and stop."""
+    """On SIGTERM (what preemptible clusters send) save a checkpoint at the end of the current step and stop.
+
+    The handler stays installed after training, through the final evaluation and export: the training script
+    checks `received` between those stages and stops at the next consistent point, so a SIGTERM never kills an
+    export half-way. The script calls `restore_signal_handler` when it is done.
+    """
 
     def __init__(self):
         self.received: int | None = None
@@ -120,93 +123,8 @@ class GracefulStopCallback(TrainerCallback):
             control.should_training_stop = True
         return control
 
-    def on_train_end(self, args, state, control, **kwargs):
-        self.restore_signal_handler()
-
     def restore_signal_handler(self) -> None:
         """Give SIGTERM back to its previous handler; also for a train() that ended in an exception."""
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
-
-
-class ReproducibleResumeCallback(TrainerCallback):
-    """Make a run resumed from checkpoint-N train on the same batches, with the same masks, as an uninterrupted one.
-
-    Two things in the stock Trainer break this, even on CPU with a fixed seed:
-    - the length-grouped sampler shuffles with the global RNG when an epoch starts, a state no checkpoint holds,
-      so a run resumed in epoch 2 or later sees another order;
-    - the collator masks with the global RNG, and on resume the Trainer restores `rng_state.pth` only after it
-      has fetched, and so masked, the first batch: that batch gets other masks, and every later draw (masks
-      and dropout) is shifted by the collation the restore then undoes.
-    So the sampler gets its own generator seeded with `seed + epoch` (what accelerate does for a plain random
-    sampler; `logbert.trainer.EndSlotSampler` draws from (seed, epoch) itself), and each training batch is
-    collated under a forked global RNG seeded from (seed, epoch, the batch's input_ids). Masks then depend on
-    what is masked and when, not on how many batches were drawn before, and the global RNG that dropout draws
-    from no longer moves during collation: after the Trainer's restore it is exactly where the uninterrupted run
-    had it. Workers collate with the same seeds, so this holds
-    with `--dataloader_num_workers` > 0 too.
-    """
-
-    def __init__(self):
-        self.collate: SeededCollate | None = None
-
-    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        if train_dataloader is None:
-            return
-        # accelerate's DataLoaderShard iterates its wrapped `base_dataloader`; skip_first_batches (resume) copies
-        # the collate_fn from it, so wrapping it here, before the first epoch, covers both paths.
-        loader = getattr(train_dataloader, "base_dataloader", train_dataloader)
-        if isinstance(loader.collate_fn, SeededCollate):
-            self.collate = loader.collate_fn
-        else:
-            self.collate = SeededCollate(loader.collate_fn, args.seed)
-            loader.collate_fn = self.collate
-
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        # state.epoch is the integer epoch at an epoch start, and epoch + fraction done when resuming mid-epoch.
-        epoch = math.floor(state.epoch or 0)
-        if self.collate is not None:
-            self.collate.epoch = epoch
-        sampler = length_grouped_sampler(train_dataloader)
-        if sampler is not None:
-            sampler.generator = torch.Generator().manual_seed(args.seed + epoch)
-
-
-class SeededCollate:
-    """`collate_fn(examples)` run with the global torch RNG forked and seeded from (seed, epoch, the batch's tokens).
-
-    A plain class, not a closure, so that dataloader workers can pickle it.
-    """
-
-    def __init__(self, collate_fn, seed: int, epoch: int = 0):
-        self.collate_fn = collate_fn
-        self.seed = seed
-        self.epoch = epoch
-
-    def batch_seed(self, examples) -> int:
-        digest = hashlib.blake2b(f"{self.seed}/{self.epoch}".encode(), digest_size=8)
-        for example in examples:
-            ids = example["input_ids"] if isinstance(example, dict) and "input_ids" in example else example
-            tokens = np.asarray(ids, dtype=np.int64)
-            digest.update(len(tokens).to_bytes(8, "little"))  # so that [1 2][3] and [1][2 3] differ
-            digest.update(tokens.tobytes())
-        return int.from_bytes(digest.digest(), "little") & (2**63 - 1)
-
-    def __call__(self, examples):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.batch_seed(examples))
-            return self.collate_fn(examples)
-
-
-def length_grouped_sampler(dataloader) -> LengthGroupedSampler | None:
-    """The Trainer's LengthGroupedSampler inside an accelerate-prepared dataloader, under its batch-sampler wrappers."""
-    batch_sampler = getattr(dataloader, "batch_sampler", None)
-    for _ in range(4):  # BatchSamplerShard -> BatchSampler -> sampler
-        if batch_sampler is None:
-            return None
-        sampler = getattr(batch_sampler, "sampler", None)
-        if isinstance(sampler, LengthGroupedSampler):
-            return sampler
-        batch_sampler = getattr(batch_sampler, "batch_sampler", None)
-    return None

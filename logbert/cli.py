@@ -1,11 +1,13 @@
-"""Console entry points: logbert-score, logbert-evaluate, logbert-calibrate, logbert-push."""
+"""The `logbert score|evaluate|calibrate|push` subcommands (also the logbert-score, ... console scripts).
+
+Each parses its own dataclass of flags; input errors are one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,12 +24,16 @@ logger = logging.getLogger("logbert")
 
 @dataclass
 class ScoreArguments:
+    """Score session files with a trained model: one JSON line per session (anomaly_score, is_anomaly, events)."""
+
     model: str = field(metadata={"help": "Trained LogBERT folder (or hub repo id)."})
     input: list[str] = field(metadata={"help": "Session files or globs (JSON, JSON Lines, event-ID text)."})
     output: str = field(default="scores.jsonl", metadata={"help": "Where the per-session results go (JSON Lines)."})
     threshold: float | None = field(default=None, metadata={"help": "Override the model's calibrated threshold."})
     num_candidates: int | None = field(default=None, metadata={"help": "Override top-g of LogBERT's miss criterion."})
-    return_events: bool = field(default=True, metadata={"help": "Include per-event details in the output."})
+    return_events: bool = field(
+        default=True, metadata={"help": "Per-event details in each output line (--no_return_events leaves them out)."}
+    )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... Default: a GPU when present."})
     dtype: str | None = field(default=None, metadata={"help": "float32, float16 or bfloat16 (GPU). Default: float32."})
     chunk_size: int = field(default=2048, metadata={"help": "Sessions scored together (bounds memory)."})
@@ -37,6 +43,8 @@ class ScoreArguments:
 
 @dataclass
 class EvaluateArguments:
+    """Detection metrics, per-session scores and plots on labelled sessions, beside a count-vector baseline."""
+
     model: str = field(metadata={"help": "Trained LogBERT folder."})
     output_dir: str = field(metadata={"help": "Where metrics.json, scores.jsonl and the PNG plots go."})
     normal: list[str] | None = field(default=None, metadata={"help": "Files of normal sessions."})
@@ -75,7 +83,33 @@ def load_detector(model: str, device: str | None = None, dtype: str | None = Non
 
 
 def _setup_logging() -> None:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from .console import configure_logging
+
+    configure_logging()
+
+
+def parse_command(dataclass_type, argv: list[str] | None):
+    """The command's flags as its dataclass; an unknown or mistyped flag is one line naming the closest flag."""
+    from .config import ConfigError, unknown_flags_error
+
+    parser = HfArgumentParser(dataclass_type, allow_abbrev=False, description=dataclass_type.__doc__)
+    namespace, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ConfigError(str(unknown_flags_error(unknown, parser)))
+    return dataclass_type(**vars(namespace))
+
+
+def run_command(command, dataclass_type, argv: list[str] | None) -> int:
+    """Parse, run, and turn the errors a user can fix into one line on stderr (exit code 2)."""
+    from .config import ConfigError
+    from .console import print_error
+
+    _setup_logging()
+    try:
+        return command(parse_command(dataclass_type, argv))
+    except (ConfigError, DataError, ValueError, OSError) as error:
+        print_error(error)
+        return 2
 
 
 def _report_rejections(rejected: list[Rejection], directory: str) -> None:
@@ -85,42 +119,47 @@ def _report_rejections(rejected: list[Rejection], directory: str) -> None:
 
 
 def score_main(argv: list[str] | None = None) -> int:
-    """logbert-score: stream session files through the model, one JSON line per session."""
-    _setup_logging()
-    (args,) = HfArgumentParser(ScoreArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
+    """logbert score: stream session files through the model, one JSON line per session."""
+    return run_command(_score, ScoreArguments, argv)
+
+
+def _score(args: ScoreArguments) -> int:
+    import time
+
+    files = expand_inputs(args.input, "--input")
+    detector = load_detector(args.model, args.device, args.dtype, args.trust_remote_code)
+    rejected: list[Rejection] = []
+    count = flagged = events = 0
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed at the end: a failed run never wipes the previous results.
+    partial = output.with_name(f".{output.name}.partial")
+    started = time.perf_counter()
     try:
-        files = expand_inputs(args.input, "--input")
-        detector = load_detector(args.model, args.device, args.dtype, args.trust_remote_code)
-        rejected: list[Rejection] = []
-        count = flagged = 0
-        output = Path(args.output)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with open(output, "w", encoding="utf-8") as handle:
+        with open(partial, "w", encoding="utf-8") as handle:
             sessions = iter_sessions(files, args.skip_bad_records, rejected)
             for path, number, label, result in score_stream(
                     detector, sessions, args.chunk_size, threshold=args.threshold,
                     num_candidates=args.num_candidates, return_events=args.return_events):
                 record = {"file": path, "record": number, **({"label": label} if label >= 0 else {}), **result}
-                handle.write(json.dumps(record) + "\n")
+                handle.write(json.dumps(record, allow_nan=False) + "\n")
                 count += 1
+                events += result["num_events"]
                 flagged += bool(result["is_anomaly"])
-        _report_rejections(rejected, str(output.parent))
-    except (DataError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    logger.info("Scored %d sessions, %d flagged as anomalous; results in %s", count, flagged, output)
+        os.replace(partial, output)
+    finally:
+        if partial.exists():
+            partial.unlink()
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    _report_rejections(rejected, str(output.parent))
+    logger.info("Scored %d sessions (%.1f sessions/s, %.0f events/s), %d flagged as anomalous; results in %s",
+                count, count / elapsed, events / elapsed, flagged, output)
     return 0
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:
-    """logbert-evaluate: detection metrics, per-session scores and plots, beside a count-vector baseline."""
-    _setup_logging()
-    (args,) = HfArgumentParser(EvaluateArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
-    try:
-        return _evaluate(args)
-    except (DataError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """logbert evaluate: detection metrics, per-session scores and plots, beside a count-vector baseline."""
+    return run_command(_evaluate, EvaluateArguments, argv)
 
 
 def _evaluate(args: EvaluateArguments) -> int:
@@ -226,6 +265,8 @@ def _print_report(report: dict) -> None:
 
 @dataclass
 class PushArguments:
+    """Upload a trained model folder, as it is on disk, to the Hugging Face hub."""
+
     model: str = field(metadata={"help": "Exported model folder (OUT or OUT/best_model)."})
     repo_id: str = field(metadata={"help": "Hub repository, e.g. ORG/logbert-hdfs."})
     token: str | None = field(default=None, metadata={"help": "Hub token. Default: HF_TOKEN or the saved login."})
@@ -233,22 +274,25 @@ class PushArguments:
 
 
 def push_main(argv: list[str] | None = None) -> int:
-    """logbert-push: upload a trained model folder, as it is on disk, to the Hugging Face hub."""
+    """logbert push: upload a trained model folder, as it is on disk, to the Hugging Face hub."""
+    return run_command(_push, PushArguments, argv)
+
+
+def _push(args: PushArguments) -> int:
     from .hub import HubError, push_model_folder
 
-    _setup_logging()
-    (args,) = HfArgumentParser(PushArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
     try:
         url = push_model_folder(args.model, args.repo_id, token=args.token, private=args.private)
     except HubError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        raise ValueError(str(error)) from None
     print(f"pushed {args.model} to {url}")
     return 0
 
 
 @dataclass
 class CalibrateArguments:
+    """Set a model's anomaly threshold: from normal sessions at a target false-positive rate, or a labelled dev set."""
+
     model: str = field(metadata={"help": "Trained LogBERT folder whose threshold is (re)set."})
     normal: list[str] | None = field(
         default=None, metadata={"help": "Held-out normal sessions: the threshold flags --target_fpr of them."}
@@ -264,26 +308,24 @@ class CalibrateArguments:
 
 
 def calibrate_main(argv: list[str] | None = None) -> int:
-    """logbert-calibrate: set a model's anomaly threshold from normal sessions (or a labelled dev set)."""
-    _setup_logging()
-    (args,) = HfArgumentParser(CalibrateArguments).parse_args_into_dataclasses(argv, look_for_args_file=False)
-    try:
-        if bool(args.normal) == bool(args.dev):
-            raise ValueError("give either --normal files (label-free) or --dev files (labelled), not both")
-        detector = load_detector(args.model, args.device)
-        if args.normal:
-            sessions = [s for _, _, s, _ in iter_sessions(expand_inputs(args.normal, "--normal"))]
-            settings = calibrate(detector, sessions, args.target_fpr, args.score_name)
-        else:
-            items = list(iter_sessions(expand_inputs(args.dev, "--dev")))
-            if any(label not in (0, 1) for *_, label in items):
-                raise DataError("--dev files need a 'label' (0/1) on every record")
-            settings = tune_threshold_on_dev(detector, [s for _, _, s, _ in items], [label for *_, label in items])
-        apply_scoring_config(args.model, settings)
-        write_model_card(args.model)
-    except (DataError, ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    """logbert calibrate: set a model's anomaly threshold from normal sessions (or a labelled dev set)."""
+    return run_command(_calibrate, CalibrateArguments, argv)
+
+
+def _calibrate(args: CalibrateArguments) -> int:
+    if bool(args.normal) == bool(args.dev):
+        raise ValueError("give either --normal files (label-free) or --dev files (labelled), not both")
+    detector = load_detector(args.model, args.device)
+    if args.normal:
+        sessions = [s for _, _, s, _ in iter_sessions(expand_inputs(args.normal, "--normal"))]
+        settings = calibrate(detector, sessions, args.target_fpr, args.score_name)
+    else:
+        items = list(iter_sessions(expand_inputs(args.dev, "--dev")))
+        if any(label not in (0, 1) for *_, label in items):
+            raise DataError("--dev files need a 'label' (0/1) on every record")
+        settings = tune_threshold_on_dev(detector, [s for _, _, s, _ in items], [label for *_, label in items])
+    apply_scoring_config(args.model, settings)
+    write_model_card(args.model)
     print(f"{args.model}: anomaly threshold {settings['anomaly_threshold']:.6g} on '{settings['score_name']}' "
           f"from {settings['calibration_sessions']} sessions")
     return 0

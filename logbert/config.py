@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
+import difflib
 import logging
 import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
 # The embedded default corpus: real HDFS sessions (DeepLog split), see sample_data/README.md.
 SAMPLE_TRAIN_FILE = SAMPLE_DATA_DIR / "hdfs_train.txt"
-YAML_SECTIONS = ("model", "data", "training")
+YAML_SECTIONS = ("model", "data", "training", "scoring")
 
 
 class ConfigError(ValueError):
@@ -49,7 +49,9 @@ class ModelArguments:
     hidden_size: int = field(default=128, metadata={"help": "Width of the encoder."})
     num_hidden_layers: int = field(default=2, metadata={"help": "Transformer layers."})
     num_attention_heads: int = field(default=4, metadata={"help": "Attention heads per layer."})
-    intermediate_size: int = field(default=512, metadata={"help": "Feed-forward width."})
+    intermediate_size: int | None = field(
+        default=None, metadata={"help": "Feed-forward width. Default: 4 * --hidden_size, as in BERT."}
+    )
     max_position_embeddings: int = field(default=512, metadata={"help": "Longest session (in tokens) the model sees."})
     hidden_dropout_prob: float = field(default=0.1, metadata={"help": "Dropout on hidden states."})
     attention_probs_dropout_prob: float = field(default=0.1, metadata={"help": "Dropout on attention weights."})
@@ -70,6 +72,8 @@ class ModelArguments:
     )
 
     def __post_init__(self):
+        if self.intermediate_size is None:  # BERT's ratio: a 768-wide config without it is BERT-base (~110M)
+            self.intermediate_size = 4 * self.hidden_size
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"--hidden_size ({self.hidden_size}) must be divisible by --num_attention_heads "
@@ -181,11 +185,6 @@ class ReferenceArguments:
     )
 
 
-def _default_report_to() -> list[str]:
-    # TensorBoard logs when it is installed; nothing else is reported by default.
-    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else ["none"]
-
-
 @dataclass
 class LogBertTrainingArguments(TrainingArguments):
     """`TrainingArguments` with the LogBERT reference recipe as defaults (AdamW, cosine, wd 0.01, clip 1.0)."""
@@ -211,12 +210,19 @@ class LogBertTrainingArguments(TrainingArguments):
         metadata={"help": "'group_by_length' batches sessions of similar length, so little compute goes to padding."},
     )
     report_to: list[str] = field(
-        default_factory=_default_report_to, metadata={"help": "Loggers: 'tensorboard', 'none', ..."}
+        default_factory=lambda: ["none"],
+        metadata={"help": "Experiment trackers, as in transformers (default: none). `--report_to tensorboard` "
+                  "writes OUTPUT_DIR/runs/ (pip install tensorboard)."},
     )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "The datasets we build hold only model inputs already."}
     )
     do_train: bool = field(default=True, metadata={"help": "Train (pass --do_train false to only evaluate)."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in an --output_dir that holds another run: its checkpoints, models and "
+                  "known-normal fingerprints are removed first. Without it such a folder is refused."},
+    )
     resume_from_checkpoint: str | None = field(
         default=None,
         metadata={
@@ -229,6 +235,16 @@ class LogBertTrainingArguments(TrainingArguments):
         default_factory=lambda: [5, 10],
         metadata={"help": "k values for the top-k masked-event accuracy reported at evaluation."},
     )
+    nan_loss_patience: int = field(
+        default=20,
+        metadata={"help": "Stop with an error when the logged loss is NaN/inf this many logging steps in a row."},
+    )
+
+
+@dataclass
+class ScoringArguments:
+    """How the trained model turns sessions into verdicts: the session score, LogBERT's top-g, the threshold."""
+
     threshold_target_fpr: float = field(
         default=0.001,
         metadata={"help": "After training, the anomaly threshold is set so that this share of held-out normal "
@@ -251,19 +267,43 @@ class LogBertTrainingArguments(TrainingArguments):
     calibration_max_sessions: int = field(
         default=20000, metadata={"help": "Validation sessions scored for the threshold (the first N)."}
     )
-    nan_loss_patience: int = field(
-        default=20,
-        metadata={"help": "Stop with an error when the logged loss is NaN/inf this many logging steps in a row."},
-    )
+
+    def __post_init__(self):
+        if not 0 < self.threshold_target_fpr < 1:
+            raise ValueError("--threshold_target_fpr must be in (0, 1).")
+        if self.num_candidates < 1:
+            raise ValueError("--num_candidates must be at least 1.")
 
 
-ALL_ARGUMENT_CLASSES = (ModelArguments, DataArguments, ReferenceArguments, LogBertTrainingArguments)
+ALL_ARGUMENT_CLASSES = (ModelArguments, DataArguments, ReferenceArguments, LogBertTrainingArguments, ScoringArguments)
 
 
-def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser(ALL_ARGUMENT_CLASSES)
-    parser.add_argument("--config", default=None, help="YAML file with `model:`, `data:`, `training:` sections.")
+def build_parser(prog: str | None = None) -> HfArgumentParser:
+    # allow_abbrev=False: `--max_step 10` must not silently mean --max_steps (or, one day, another flag).
+    parser = HfArgumentParser(ALL_ARGUMENT_CLASSES, prog=prog, allow_abbrev=False,
+                              description="Train LogBERT on log sessions. Every flag can also be a key of --config.")
+    parser.add_argument("--config", default=None,
+                        help="YAML file with `model:`, `data:`, `training:`, `scoring:` sections; flags win over it.")
+    for action in parser._actions:  # argparse %-formats help texts: a literal "85%" would crash --help
+        if action.help and "%" in action.help and "%(" not in action.help:
+            action.help = action.help.replace("%", "%%")
     return parser
+
+
+def unknown_flags_error(unknown: list[str], parser: argparse.ArgumentParser) -> ConfigError:
+    """One line naming the unknown flags, with the closest known flag for each typo."""
+    known = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    parts = []
+    for token in unknown:
+        flag = token.split("=", 1)[0]
+        if not flag.startswith("-"):  # the value of an unknown flag, or a stray word
+            if not parts:
+                parts.append(f"unexpected value {token!r}")
+            continue
+        close = difflib.get_close_matches(flag.replace("-", "_").replace("__", "--", 1),
+                                          [k.replace("-", "_").replace("__", "--", 1) for k in known], n=1)
+        parts.append(f"unknown flag {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return ConfigError("; ".join(parts) + ". See --help.")
 
 
 def _expected_type_name(action: argparse.Action) -> str:
@@ -415,14 +455,22 @@ def _best_precision() -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def parse_args(argv: list[str] | None = None):
+class ParsedArguments(NamedTuple):
+    model: ModelArguments
+    data: DataArguments
+    training: LogBertTrainingArguments
+    scoring: ScoringArguments
+    config_path: str | None
+
+
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> ParsedArguments:
     """Parse `--config` (defaults) and the command line (wins) into the argument dataclasses.
 
     Returns:
-        (ModelArguments, DataArguments, LogBertTrainingArguments, config_path or None)
+        (ModelArguments, DataArguments, LogBertTrainingArguments, ScoringArguments, config_path or None)
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(prog)
     pre_parser = argparse.ArgumentParser(add_help=False)
     pre_parser.add_argument("--config", default=None)
     known, _ = pre_parser.parse_known_args(argv)
@@ -431,12 +479,17 @@ def parse_args(argv: list[str] | None = None):
     parser.set_defaults(**yaml_values)
     namespace, unknown = parser.parse_known_args(argv)
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        raise unknown_flags_error(unknown, parser)
     cli = _flags_on_command_line(argv, parser)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not namespace.use_cpu and not _cuda_available():
         # Several processes (torchrun / `accelerate launch --multi_gpu`) and no GPU: DDP over gloo on CPUs.
         namespace.use_cpu = True
     _resolve_reference_keys(namespace, cli, set(yaml_values))
+    if "dataloader_pin_memory" not in cli | set(yaml_values) and not _cuda_available():
+        namespace.dataloader_pin_memory = False  # pinning needs a GPU; torch warns on every dataloader otherwise
+    if ("do_eval" in cli or "do_eval" in yaml_values) and not namespace.do_eval:
+        # TrainingArguments turns do_eval back on whenever eval_strategy is not "no": --do_eval false means no eval.
+        namespace.eval_strategy = "no"
     if namespace.use_multi_gpu:
         logger.info("use_multi_gpu is set: start with `accelerate launch --multi_gpu ...` to use several GPUs.")
 
@@ -448,7 +501,7 @@ def parse_args(argv: list[str] | None = None):
             instances.append(dataclass_type(**kwargs))
         except ValueError as error:
             raise ConfigError(str(error)) from None
-    model_args, data_args, _, training_args = instances
+    model_args, data_args, _, training_args, scoring_args = instances
 
     if data_args.max_seq_length is None:
         data_args.max_seq_length = model_args.max_position_embeddings
@@ -457,17 +510,22 @@ def parse_args(argv: list[str] | None = None):
             f"--max_seq_length ({data_args.max_seq_length}) exceeds --max_position_embeddings "
             f"({model_args.max_position_embeddings})."
         )
-    if data_args.end_of_session_probability == 0 and training_args.score_name in END_SLOT_SCORES:
+    if data_args.end_of_session_probability == 0 and scoring_args.score_name in END_SLOT_SCORES:
         if "score_name" in cli or "score_name" in yaml_values:
-            raise ConfigError(f"--score_name {training_args.score_name} needs the end slot: set "
+            raise ConfigError(f"--score_name {scoring_args.score_name} needs the end slot: set "
                               "--end_of_session_probability above 0, or pick max_nll, mean_nll or miss_ratio.")
         logger.info("end_of_session_probability is 0 (no end slot): scoring with max_nll.")
-        training_args.score_name = "max_nll"
-    return model_args, data_args, training_args, known.config
+        scoring_args.score_name = "max_nll"
+    return ParsedArguments(model_args, data_args, training_args, scoring_args, known.config)
 
 
-def resolved_config(model_args, data_args, training_args) -> dict[str, dict[str, Any]]:
-    """The effective settings as a YAML-ready dict in the `--config` layout, saved beside every exported model."""
+def resolved_config(model_args, data_args, training_args, scoring_args=None) -> dict[str, dict[str, Any]]:
+    """The effective settings as a YAML-ready dict in the `--config` layout, saved beside every exported model.
+
+    Reusable as `--config`: only keys that are flags, with values their flags accept, are written (a value that
+    TrainingArguments derives, such as its AcceleratorConfig object, is left for it to derive again).
+    """
+    flags = {action.dest for action in build_parser()._actions}
 
     def plain(value):
         if hasattr(value, "value"):  # enums
@@ -476,7 +534,10 @@ def resolved_config(model_args, data_args, training_args) -> dict[str, dict[str,
             return [plain(v) for v in value]
         if isinstance(value, float) and math.isinf(value):
             return None
-        return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        return value if isinstance(value, (str, int, float, bool, type(None))) else _NOT_A_FLAG_VALUE
+
+    def representable(value) -> bool:
+        return value is not _NOT_A_FLAG_VALUE and not (isinstance(value, list) and _NOT_A_FLAG_VALUE in value)
 
     # Defaults read off the dataclass fields: building a second TrainingArguments would reset the shared
     # accelerate state, and a distributed run would silently fall back to one process.
@@ -485,23 +546,23 @@ def resolved_config(model_args, data_args, training_args) -> dict[str, dict[str,
             return f.default
         return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
-    training = {
-        f.name: plain(getattr(training_args, f.name))
-        for f in dataclasses.fields(training_args)
-        if f.init and not f.name.startswith("_") and f.name != "hub_token"
-        and plain(getattr(training_args, f.name)) != plain(default_of(f))
-    }
-    training.update(
-        {
-            name: plain(getattr(training_args, name))
-            for name in (
-                "per_device_train_batch_size", "learning_rate", "num_train_epochs", "lr_scheduler_type",
-                "weight_decay", "max_grad_norm", "gradient_accumulation_steps", "seed", "fp16", "bf16",
-            )
-        }
-    )
-    return {
-        "model": {f.name: plain(getattr(model_args, f.name)) for f in dataclasses.fields(model_args)},
-        "data": {f.name: plain(getattr(data_args, f.name)) for f in dataclasses.fields(data_args)},
-        "training": training,
-    }
+    def section(arguments, keep) -> dict[str, Any]:
+        values = {f.name: plain(getattr(arguments, f.name)) for f in dataclasses.fields(arguments)
+                  if f.init and f.name in flags and f.name not in NOT_SAVED and keep(f)}
+        return {name: value for name, value in values.items() if representable(value)}
+
+    training = section(training_args, lambda f: plain(getattr(training_args, f.name)) != plain(default_of(f))
+                       or f.name in ALWAYS_SAVED)
+    sections = {"model": section(model_args, lambda f: True), "data": section(data_args, lambda f: True),
+                "training": training}
+    if scoring_args is not None:
+        sections["scoring"] = section(scoring_args, lambda f: True)
+    return sections
+
+
+# Never written to the saved config: a secret, and how one invocation started (not part of the recipe).
+NOT_SAVED = {"hub_token", "resume_from_checkpoint", "overwrite_output_dir", "config"}
+# Written even at their defaults: what a reader of the saved config looks for first.
+ALWAYS_SAVED = {"per_device_train_batch_size", "learning_rate", "num_train_epochs", "lr_scheduler_type",
+                "weight_decay", "max_grad_norm", "gradient_accumulation_steps", "seed", "fp16", "bf16"}
+_NOT_A_FLAG_VALUE = object()

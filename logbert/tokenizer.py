@@ -84,3 +84,17 @@ def vocabulary_fingerprint(tokenizer: PreTrainedTokenizerFast) -> str:
 def never_masked_ids(tokenizer: PreTrainedTokenizerFast) -> list[int]:
     """[CLS], [SEP] and [PAD] frame a session; predicting them teaches nothing about events."""
     return [tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id]
+
+
+def most_frequent_event_id(dataset: Dataset, tokenizer: PreTrainedTokenizerFast) -> int | None:
+    """The most frequent maskable token id in a tokenized dataset: the baseline a useful model must beat.
+
+    Counted a chunk at a time, so memory stays flat at the reference scale.
+    """
+    counts = Counter()
+    for chunk in dataset.with_format("arrow").iter(batch_size=100_000):
+        frequencies = pc.value_counts(pc.list_flatten(chunk["input_ids"]))
+        counts.update(dict(zip(frequencies.field("values").to_pylist(), frequencies.field("counts").to_pylist())))
+    for token_id in never_masked_ids(tokenizer):
+        counts.pop(token_id, None)
+    return counts.most_common(1)[0][0] if counts else None

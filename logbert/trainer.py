@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer
 
 from .collator import (
     NO_END_SLOT,
@@ -16,6 +14,7 @@ from .collator import (
     draw_end_slots,
     end_slot_lengths,
 )
+from .resume import ReproducibleResumeCallback
 
 # The strategies whose order EndSlotSampler can draw; "batch_rebalance" yields whole batches per rank and is left to
 # the Trainer (the collator then draws the end slots itself, after the batches are formed).
@@ -110,23 +109,6 @@ class EndSlotDataset(torch.utils.data.Dataset):
         return [{"input_ids": ids, "end_slot": int(end_slot)} for ids, (_, end_slot) in zip(rows, keys)]
 
 
-class EndSlotEpochCallback(TrainerCallback):
-    """Tells the end-slot sampler the epoch as it begins.
-
-    The Trainer's own `set_epoch` calls do not reach a sampler under accelerate's wrappers when a run resumes
-    mid-epoch on several processes (SkipBatchSampler -> BatchSamplerShard -> BatchSampler -> sampler): it would
-    replay epoch 0's cuts and order.
-    """
-
-    def __init__(self, trainer: LogBertTrainer):
-        self.trainer = trainer
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        sampler = getattr(self.trainer, "end_slot_sampler", None)
-        if sampler is not None:  # state.epoch: the integer epoch, or epoch + fraction done when resuming mid-epoch
-            sampler.set_epoch(math.floor(state.epoch or 0))
-
-
 class LogBertTrainer(Trainer):
     """The Hugging Face Trainer, with end-slot cuts drawn by the sampler (`EndSlotSampler`) instead of the collator.
 
@@ -139,7 +121,8 @@ class LogBertTrainer(Trainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.end_slot_sampler: EndSlotSampler | None = None
-        self.add_callback(EndSlotEpochCallback(self))
+        # The one owner of epochs, batch order and masks across resumes (see logbert.resume).
+        self.add_callback(ReproducibleResumeCallback(self))
 
     def _end_slot_probability(self) -> float:
         collator = self.data_collator

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import logbert.config
-from logbert.config import ConfigError, parse_args
+from logbert.config import ConfigError, parse_args, resolved_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -49,7 +49,7 @@ def yaml_sections(name: str) -> dict:
 
 
 def test_parse_args_returns_the_three_argument_sets_and_the_config_path(parse, tmp_path):
-    model_args, data_args, training_args, config_path = parse()
+    model_args, data_args, training_args, scoring_args, config_path = parse()
     assert config_path is None
     assert training_args.output_dir == str(tmp_path / "out")
     assert data_args.data_cache_dir == str(tmp_path / "cache")
@@ -60,7 +60,7 @@ def test_reference_config_maps_onto_hugging_face_arguments(parse, monkeypatch):
     monkeypatch.setattr(logbert.config, "_cuda_available", lambda: False)
     keys = yaml_sections("logbert-base.yaml")
 
-    model_args, data_args, training_args, config_path = parse(config=str(CONFIGS / "logbert-base.yaml"))
+    model_args, data_args, training_args, _, config_path = parse(config=str(CONFIGS / "logbert-base.yaml"))
 
     assert config_path == str(CONFIGS / "logbert-base.yaml")
     for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -85,13 +85,13 @@ def test_reference_config_maps_onto_hugging_face_arguments(parse, monkeypatch):
                                                         ("bf16", False, (False, False))])
 def test_mixed_precision_sets_fp16_or_bf16(precision, cuda, expected, parse, monkeypatch):
     monkeypatch.setattr(logbert.config, "_cuda_available", lambda: cuda)
-    _, _, training_args, _ = parse(config={"training": {"mixed_precision": precision}})
+    _, _, training_args, _, _ = parse(config={"training": {"mixed_precision": precision}})
     assert (training_args.fp16, training_args.bf16) == expected
 
 
 def test_tiny_config_parses(parse):
     keys = yaml_sections("tiny.yaml")
-    model_args, _, training_args, _ = parse(config=str(CONFIGS / "tiny.yaml"))
+    model_args, _, training_args, _, _ = parse(config=str(CONFIGS / "tiny.yaml"))
     assert model_args.hidden_size == keys["hidden_size"]
     assert model_args.num_hidden_layers == keys["num_hidden_layers"]
     assert training_args.max_steps == keys["max_steps"]
@@ -100,7 +100,7 @@ def test_tiny_config_parses(parse):
 
 
 def test_command_line_wins_over_yaml(parse):
-    model_args, data_args, training_args, _ = parse(
+    model_args, data_args, training_args, _, _ = parse(
         "--hidden_size", "64", "--batch_size", "8", "--learning_rate", "1e-4", "--mask_prob", "0.2",
         config=str(CONFIGS / "tiny.yaml"))
     assert model_args.hidden_size == 64
@@ -110,7 +110,7 @@ def test_command_line_wins_over_yaml(parse):
 
 
 def test_a_command_line_hugging_face_flag_wins_over_a_yaml_reference_key(parse):
-    _, data_args, training_args, _ = parse("--per_device_train_batch_size", "4", "--mlm_probability", "0.3",
+    _, data_args, training_args, _, _ = parse("--per_device_train_batch_size", "4", "--mlm_probability", "0.3",
                                            config={"training": {"batch_size": 16, "mask_prob": 0.2}})
     assert training_args.per_device_train_batch_size == 4
     assert training_args.per_device_eval_batch_size == 16
@@ -118,7 +118,7 @@ def test_a_command_line_hugging_face_flag_wins_over_a_yaml_reference_key(parse):
 
 
 def test_a_command_line_reference_key_wins_over_a_yaml_hugging_face_key(parse):
-    _, _, training_args, _ = parse("--num_epochs", "2", config={"training": {"num_train_epochs": 7}})
+    _, _, training_args, _, _ = parse("--num_epochs", "2", config={"training": {"num_train_epochs": 7}})
     assert training_args.num_train_epochs == 2
 
 
@@ -138,7 +138,7 @@ def test_every_config_key_is_also_a_command_line_flag(config, parse, monkeypatch
 
 
 def test_hyphenated_data_dir_and_output_dir(tmp_path):
-    _, data_args, training_args, _ = parse_args(["--data-dir", str(tmp_path / "logs"), "--output-dir",
+    _, data_args, training_args, _, _ = parse_args(["--data-dir", str(tmp_path / "logs"), "--output-dir",
                                                  str(tmp_path / "run"), "--data_cache_dir", str(tmp_path)])
     assert data_args.data_dir == str(tmp_path / "logs")
     assert training_args.output_dir == str(tmp_path / "run")
@@ -165,7 +165,7 @@ def test_wrong_type_for_a_default_true_bool_is_an_error_naming_the_key(parse):
 
 
 def test_an_explicit_flag_wins_over_a_reference_alias_on_the_command_line(parse):
-    _, _, training_args, _ = parse("--batch_size", "8", "--per_device_eval_batch_size", "4")
+    _, _, training_args, _, _ = parse("--batch_size", "8", "--per_device_eval_batch_size", "4")
     assert training_args.per_device_train_batch_size == 8
     assert training_args.per_device_eval_batch_size == 4
 
@@ -175,16 +175,16 @@ def test_bare_use_multi_gpu_flag(parse):
 
 
 def test_yaml_booleans_set_flags(parse):
-    _, data_args, _, _ = parse(config={"data": {"truncate_long_sessions": False, "skip_bad_records": True}})
+    _, data_args, _, _, _ = parse(config={"data": {"truncate_long_sessions": False, "skip_bad_records": True}})
     assert (data_args.truncate_long_sessions, data_args.skip_bad_records) == (False, True)
-    _, data_args, _, _ = parse("--skip_bad_records", "false", config={"data": {"skip_bad_records": True}})
+    _, data_args, _, _, _ = parse("--skip_bad_records", "false", config={"data": {"skip_bad_records": True}})
     assert data_args.skip_bad_records is False
 
 
 def test_yaml_strings_are_converted_as_the_flags_would_be(parse, write_config):
     path = write_config("training:\n  learning_rate: 2e-5\n  warmup_steps: 1e2\n  top_k: 3\n"
                         "data:\n  train_file: sessions.json\n")
-    _, data_args, training_args, _ = parse(config=path)
+    _, data_args, training_args, _, _ = parse(config=path)
     assert training_args.learning_rate == pytest.approx(2e-5)
     assert training_args.warmup_steps == 100.0
     assert training_args.top_k == [3]
@@ -221,7 +221,60 @@ def test_inconsistent_values_are_config_errors_naming_the_flag(argv, flag, parse
 
 
 def test_without_the_end_slot_the_default_score_falls_back_to_max_nll(parse):
-    assert parse()[2].score_name == "next_max_nll"
-    assert parse("--end_of_session_probability", "0")[2].score_name == "max_nll"
+    assert parse().scoring.score_name == "next_max_nll"
+    assert parse("--end_of_session_probability", "0").scoring.score_name == "max_nll"
     with pytest.raises(ConfigError, match="needs the end slot"):
         parse("--end_of_session_probability", "0", "--score_name", "combined")
+
+
+def test_scoring_settings_have_their_own_arguments(parse):
+    scoring = parse("--threshold_target_fpr", "0.01", "--num_candidates", "3", "--known_normal_gate", "false",
+                    config={"scoring": {"score_name": "mean_nll"}}).scoring
+    assert (scoring.threshold_target_fpr, scoring.num_candidates, scoring.known_normal_gate) == (0.01, 3, False)
+    assert scoring.score_name == "mean_nll"
+    assert not hasattr(parse().training, "threshold_target_fpr")
+    with pytest.raises(ConfigError, match="--threshold_target_fpr"):
+        parse("--threshold_target_fpr", "2")
+
+
+def test_intermediate_size_defaults_to_four_times_the_width_as_in_bert(parse, write_config):
+    model_args = parse(config=write_config("model:\n  hidden_size: 768\n  num_attention_heads: 12\n")).model
+    assert model_args.intermediate_size == 3072
+    assert parse("--intermediate_size", "100").model.intermediate_size == 100
+
+
+def test_nothing_is_reported_to_trackers_unless_asked(parse):
+    assert parse().training.report_to in ([], ["none"])
+    assert parse("--report_to", "tensorboard").training.report_to == ["tensorboard"]
+
+
+def test_do_eval_false_turns_evaluation_off(parse):
+    assert parse().training.do_eval is True
+    training = parse("--do_eval", "false").training
+    assert training.do_eval is False and training.eval_strategy == "no"
+
+
+@pytest.mark.parametrize("typo, suggestion", [("--max_stpes", "--max_steps"), ("--max_step", "--max_steps"),
+                                              ("--learning_rat", "--learning_rate")])
+def test_a_mistyped_flag_is_one_line_with_a_suggestion_and_never_a_prefix_match(parse, typo, suggestion):
+    with pytest.raises(ConfigError) as raised:
+        parse(typo, "10")
+    message = str(raised.value)
+    assert typo in message and f"did you mean {suggestion}?" in message and "\n" not in message
+
+
+def test_help_prints_and_exits_0_although_help_texts_hold_percent_signs(capsys):
+    with pytest.raises(SystemExit) as raised:
+        parse_args(["--help"])
+    assert raised.value.code == 0
+    assert "85% of positions" in capsys.readouterr().out
+
+
+def test_the_saved_resolved_config_reproduces_the_run_when_given_as_config(parse, tmp_path):
+    first = parse("--max_steps", "7", "--learning_rate", "2e-4", "--num_candidates", "4",
+                  config=str(CONFIGS / "tiny.yaml"))
+    saved = tmp_path / "training_config.yaml"
+    saved.write_text(yaml.safe_dump(resolved_config(*first[:4])))
+    again = parse_args(["--config", str(saved)])
+    assert resolved_config(*again[:4]) == resolved_config(*first[:4])
+    assert again.training.max_steps == 7 and again.scoring.num_candidates == 4

@@ -20,8 +20,9 @@ from transformers import BertConfig, BertForMaskedLM, TrainerControl, TrainerSta
 
 import run_mlm_logs
 from logbert import export
-from logbert.callbacks import BestModelExportCallback, NonFiniteLossCallback, NonFiniteLossError, SeededCollate
-from logbert.export import find_latest_checkpoint, is_complete_checkpoint, save_model_folder
+from logbert.callbacks import BestModelExportCallback, NonFiniteLossCallback, NonFiniteLossError
+from logbert.resume import SeededCollate, find_latest_checkpoint, is_complete_checkpoint
+from logbert.export import save_model_folder
 from logbert.model import LogBertForMaskedLM
 
 REPO = Path(__file__).resolve().parents[1]

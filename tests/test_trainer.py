@@ -9,7 +9,7 @@ from accelerate.data_loader import BatchSamplerShard
 from datasets import Dataset
 from transformers import BertConfig, BertForMaskedLM, Trainer, TrainingArguments
 
-from logbert.callbacks import SeededCollate
+from logbert.resume import SeededCollate
 from logbert.collator import (
     NO_END_SLOT,
     EndOfSessionCollator,

@@ -1,0 +1,4 @@
+from logbert.commands import main
+import sys
+
+sys.exit(main())
