@@ -145,16 +145,56 @@ def _score(args: ScoreArguments) -> int:
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
                 count += 1
                 events += result["num_events"]
-                flagged += bool(result["is_anomaly"])
+                if result["is_anomaly"]:
+                    flagged += 1
+                    if flagged <= MAX_ALERTS_PRINTED:
+                        print(alert_line(record), flush=True)
         os.replace(partial, output)
     finally:
         if partial.exists():
             partial.unlink()
     elapsed = max(time.perf_counter() - started, 1e-9)
     _report_rejections(rejected, str(output.parent))
+    if flagged > MAX_ALERTS_PRINTED:
+        print(f"... and {flagged - MAX_ALERTS_PRINTED} more flagged sessions in {output}")
     logger.info("Scored %d sessions (%.1f sessions/s, %.0f events/s), %d flagged as anomalous; results in %s",
                 count, count / elapsed, events / elapsed, flagged, output)
     return 0
+
+
+# Flagged sessions printed on the terminal by `logbert score`; all of them are in the output file.
+MAX_ALERTS_PRINTED = 20
+
+
+def most_surprising_event(result: dict) -> dict | None:
+    """The event that made a session anomalous: the least probable one, read left to right where available."""
+    events = result.get("events") or []
+
+    def surprise(event: dict) -> float:
+        probabilities = [p for p in (event.get("probability"), event.get("next_probability")) if p is not None]
+        return -min(probabilities) if probabilities else 0.0
+
+    return max(events, key=lambda event: (event.get("unseen", False), surprise(event)), default=None)
+
+
+def alert_line(record: dict) -> str:
+    """One terminal line per flagged session: where it is, its score, and the event that gave it away."""
+    where = record.get("session_id") or f"{record['file']}:{record['record']}"
+    line = f"ANOMALY {where}: score {record['anomaly_score']:.3f} > {record['threshold']:.3f}"
+    worst = most_surprising_event(record)
+    if worst is not None:
+        what = "unseen in training" if worst.get("unseen") else (
+            f"p={min(p for p in (worst.get('probability'), worst.get('next_probability')) if p is not None):.2g}")
+        line += f"; event {worst['event']} at position {worst['position']} ({what})"
+        if worst.get("template"):
+            line += f": {worst['template']}"
+    elif result_ends_early(record):
+        line += "; the session ends where it should not (end slot)"
+    return line
+
+
+def result_ends_early(result: dict) -> bool:
+    return result.get("end_nll", 0.0) >= result.get("max_nll", 0.0)
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:

@@ -166,3 +166,40 @@ def test_calibration_with_every_session_known_warns_and_keeps_the_model_threshol
     assert settings["anomaly_threshold"] == 0.0
     assert settings["model_only_threshold"] == 8.0  # one of the ten (score 9) above it
     assert "every session with a new multiset will be flagged" in caplog.text
+
+
+def test_a_flagged_session_is_printed_with_the_event_that_gave_it_away():
+    from logbert.cli import alert_line
+
+    record = {"file": "f.jsonl", "record": 3, "anomaly_score": 9.5, "threshold": 4.0, "end_nll": 0.1, "max_nll": 9.5,
+              "events": [{"position": 0, "event": "5", "probability": 0.9, "next_probability": None, "unseen": False},
+                         {"position": 1, "event": "23", "probability": 0.2, "next_probability": 0.0001,
+                          "unseen": False},
+                         {"position": 2, "event": "5", "probability": 0.8, "next_probability": 0.7, "unseen": False}]}
+    line = alert_line(record)
+    assert line.startswith("ANOMALY f.jsonl:3: score 9.500 > 4.000")
+    assert "event 23 at position 1 (p=0.0001)" in line
+    record["events"][2]["unseen"] = True
+    assert "event 5 at position 2 (unseen in training)" in alert_line({**record, "session_id": "blk_7"})
+
+
+def test_logbert_lists_its_subcommands_and_each_help_exits_0(capsys):
+    from logbert.commands import COMMANDS, main
+
+    assert main(["--help"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in ("train", "score", "evaluate", "calibrate", "push"))
+    for name in ("train", "score", "evaluate", "calibrate", "push"):
+        with pytest.raises(SystemExit) as raised:
+            main([name, "--help"])
+        assert raised.value.code == 0, name
+    assert main(["scroe"]) == 2 and "did you mean `logbert score`" in capsys.readouterr().err
+    assert set(COMMANDS) >= {"train", "score", "evaluate", "calibrate", "push"}
+
+
+def test_a_mistyped_flag_of_a_subcommand_is_one_line(capsys):
+    from logbert.cli import score_main
+
+    assert score_main(["--model", "m", "--input", "x", "--outptu", "y"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "did you mean --output?" in error

@@ -93,3 +93,27 @@ def test_rerunning_into_a_used_folder_and_resuming_with_other_data(tmp_path, wri
     # Another width than the checkpoint's is one line, not a size-mismatch traceback.
     assert run_mlm_logs.cli([*common, "--hidden_size", "64", "--resume_from_checkpoint"]) == 2
     assert "hidden_size 32 (this run: 64)" in capsys.readouterr().err
+
+
+def test_a_model_worse_than_the_baseline_is_warned_about_loudly(caplog):
+    run_mlm_logs.warn_if_below_baseline({"eval_accuracy": 0.0028, "eval_baseline_accuracy": 0.137})
+    assert "WORSE than always guessing" in caplog.text
+    caplog.clear()
+    run_mlm_logs.warn_if_below_baseline({"eval_accuracy": 0.9, "eval_baseline_accuracy": 0.137})
+    assert caplog.text == ""
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_final_evaluation_stops_before_the_export(tmp_path, monkeypatch, caplog):
+    import os
+    import signal
+
+    # The signal arrives as the final evaluation ends (warn_if_below_baseline reads its metrics).
+    monkeypatch.setattr(run_mlm_logs, "warn_if_below_baseline", lambda metrics: os.kill(os.getpid(), signal.SIGTERM))
+    out = tmp_path / "out"
+    assert run_mlm_logs.main([*TINY, "--output_dir", str(out), "--data_cache_dir", str(tmp_path / "cache"),
+                              "--eval_steps", "100"]) == 0
+    assert "Stopped by SIGTERM during the final evaluation" in caplog.text
+    assert not (out / "config.json").exists()  # no half-finished final model
+    assert (out / "checkpoint-4" / "model.safetensors").exists()
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
