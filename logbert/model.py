@@ -23,6 +23,13 @@ class LogBertForMaskedLM(BertForMaskedLM):
     accumulation and several processes weight every masked event equally.
     """
 
+    def __init__(self, config):
+        super().__init__(config)
+        if getattr(config, "tie_word_embeddings", True):
+            # The decoder shares the embedding matrix, so checkpoints do not store it; saying so lets the Trainer
+            # re-tie it on resume instead of warning about "missing keys" every time.
+            self._keys_to_ignore_on_save = ["cls.predictions.decoder.weight", "cls.predictions.decoder.bias"]
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, num_items_in_batch=None, **kwargs):
         if labels is None or not getattr(self.config, "sparse_mlm_head", True):
