@@ -8,7 +8,6 @@ import shutil
 from dataclasses import dataclass, field
 
 from drain3 import TemplateMiner
-from drain3.drain import LogCluster
 from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 
@@ -81,30 +80,39 @@ def write_parser_state(path: str, state: dict, miner: TemplateMiner, occurrences
 class TemplateMatcher:
     """Saved templates matched to new log contents; matching never changes a template.
 
-    Built from plain JSON: each template becomes a Drain3 LogCluster inserted into a fresh prefix tree, so Drain3's
-    own `match` (similarity 1.0: every non-parameter token equal) does the lookup. No pickle, no jsonpickle.
+    Built from plain JSON (no pickle, no jsonpickle): Drain3 masks and splits the content as in mining, then the
+    line takes the most specific template that fits it, every non-parameter token equal. Drain3's own `match`
+    breaks ties towards *more* parameters, which sent a line of Loghub's HDFS and BGL samples to a more general
+    template than the one it was mined into; the most specific one reproduces mining's choice.
     """
 
     def __init__(self, state: dict):
         self.state = state
         self.settings = DrainSettings.from_json(state["drain"])
         self.miner = build_template_miner(self.settings)
-        drain = self.miner.drain
-        self.event_ids: dict[int, str] = {}
+        param = self.miner.drain.param_str
         self.templates: dict[str, str] = {}
-        for number, template in enumerate(state["templates"], start=1):
-            cluster = LogCluster(drain.get_content_as_tokens(template["template"]), number)
-            drain.id_to_cluster[number] = cluster
-            drain.add_seq_to_prefix_tree(drain.root_node, cluster)
-            self.event_ids[number] = template["event_id"]
+        # token count -> [(parameter count, -occurrences, event id, tokens)]: most specific first, then (when
+        # Drain made two equally specific templates that both fit) the more frequent one
+        self.by_length: dict[int, list[tuple[int, int, str, tuple]]] = {}
+        for template in state["templates"]:
+            tokens = tuple(self.miner.drain.get_content_as_tokens(template["template"]))
             self.templates[template["event_id"]] = template["template"]
-        drain.clusters_counter = len(state["templates"])
+            self.by_length.setdefault(len(tokens), []).append(
+                (sum(token == param for token in tokens), -template.get("occurrences", 0), template["event_id"],
+                 tokens))
+        for candidates in self.by_length.values():
+            candidates.sort(key=lambda candidate: candidate[:2])
+        self.param = param
 
     def match(self, content: str) -> str | None:
-        """The event id of the template `content` fits, or None. A linear search among templates of the same
-        length backs up the tree search, which can miss when a template's first tokens became parameters."""
-        cluster = self.miner.match(content, full_search_strategy="fallback")
-        return None if cluster is None else self.event_ids[cluster.cluster_id]
+        """The event id of the most specific saved template `content` fits, or None."""
+        tokens = self.miner.drain.get_content_as_tokens(self.miner.masker.mask(content))
+        param = self.param
+        for _, _, event_id, template in self.by_length.get(len(tokens), ()):
+            if all(t == param or t == token for t, token in zip(template, tokens)):
+                return event_id
+        return None
 
 
 def load_parser(path: str) -> TemplateMatcher:
