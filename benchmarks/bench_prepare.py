@@ -91,15 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             regex, _ = build_format_regex(settings.log_format)
             contents = [regex.match(line.strip()).group("Content") for line in raw_lines]
 
-            def drain_alone(lines=contents):
-                miner = build_template_miner(settings.drain)
+            def drain_alone(lines=contents, drain_settings=settings.drain):
+                miner = build_template_miner(drain_settings)
                 for line in lines:
                     miner.add_log_message(line)
 
             speed_settings = settings_for(preset, big, os.path.join(work, f"{name}_speed"))
-            prepare_cpu = cpu_seconds(lambda: prepare_logs(speed_settings), args.runs)
+            prepare_cpu = cpu_seconds(lambda s=speed_settings: prepare_logs(s), args.runs)
             drain_cpu = cpu_seconds(drain_alone, args.runs)
-            drain_raw_cpu = cpu_seconds(lambda: drain_alone(raw_lines), args.runs)
+            drain_raw_cpu = cpu_seconds(lambda lines=raw_lines: drain_alone(lines), args.runs)
             n = len(raw_lines)
             results[name] = {
                 "grouping_accuracy": round(grouping_accuracy(truth, predicted), 4),

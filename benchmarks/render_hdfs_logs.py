@@ -47,7 +47,8 @@ LINES = {
     11: ("dfs.DataNode$PacketResponder", "INFO", "PacketResponder {n} for block {blk} terminating"),
     12: ("dfs.DataNode$DataXceiver", "INFO", "{ip}:50010:Exception writing block {blk} to mirror {ip2}:50010"),
     13: ("dfs.DataNode$BlockReceiver", "INFO", "Receiving empty packet for block {blk}"),
-    14: ("dfs.DataNode$BlockReceiver", "INFO", "Exception in receiveBlock for block {blk} java.io.IOException: {error}"),
+    14: ("dfs.DataNode$BlockReceiver", "INFO",
+         "Exception in receiveBlock for block {blk} java.io.IOException: {error}"),
     15: ("dfs.DataNode$BlockReceiver", "INFO",
          "Changing block file offset of block {blk} from {offset} to {offset2} meta file offset to {meta}"),
     16: ("dfs.DataNode$DataTransfer", "INFO", "{ip}:50010:Transmitted block {blk} to /{ip2}:50010"),
@@ -61,12 +62,12 @@ LINES = {
     24: ("dfs.FSNamesystem", "INFO",
          "BLOCK* Removing block {blk} from neededReplications as it does not belong to any file."),
     25: ("dfs.FSNamesystem", "INFO", "BLOCK* ask {ip}:50010 to replicate {blk} to datanode(s) {ip2}:50010"),
-    26: ("dfs.FSNamesystem", "INFO", "BLOCK* NameSystem.addStoredBlock: blockMap updated: {ip}:50010 is added to "
-                                     "{blk} size {size}"),
-    27: ("dfs.FSNamesystem", "INFO", "BLOCK* NameSystem.addStoredBlock: Redundant addStoredBlock request received "
-                                     "for {blk} on {ip}:50010 size {size}"),
-    28: ("dfs.FSNamesystem", "INFO", "BLOCK* NameSystem.addStoredBlock: addStoredBlock request received for {blk} "
-                                     "on {ip}:50010 size {size} But it does not belong to any file."),
+    26: ("dfs.FSNamesystem", "INFO",
+         "BLOCK* NameSystem.addStoredBlock: blockMap updated: {ip}:50010 is added to {blk} size {size}"),
+    27: ("dfs.FSNamesystem", "INFO",
+         "BLOCK* NameSystem.addStoredBlock: Redundant addStoredBlock request received for {blk} on {ip}:50010 size {size}"),
+    28: ("dfs.FSNamesystem", "INFO", ("BLOCK* NameSystem.addStoredBlock: addStoredBlock request received for {blk} "
+                                      "on {ip}:50010 size {size} But it does not belong to any file.")),
     29: ("dfs.PendingReplicationMonitor", "WARN", "PendingReplicationMonitor timed out block {blk}"),
 }
 # One exception text per event: a varying text would split an event into several templates (by token count),

@@ -6,8 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from logbert.prepare import detect_main, prepare_main
 from tests.test_prepare import HDFS_LINES, write_log
 
@@ -122,3 +120,15 @@ def test_detect_with_a_trained_model(trained_model_dir, tmp_path):
         assert isinstance(record["anomaly_score"], float) and isinstance(record["is_anomaly"], bool)
         assert all(0.0 <= e["probability"] <= 1.0 for e in record["events"])
     assert records[1]["events"][1]["event"] == "[UNK]" and records[1]["events"][1]["is_miss"]
+
+
+def test_detect_reads_standard_input(tmp_path, monkeypatch):
+    import io
+
+    fake = FakeDetector()
+    monkeypatch.setattr("logbert.cli.load_detector", lambda model, device=None: fake)
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(("\n".join(NEW_LINES) + "\n").encode())))
+    model = model_with_parser_state(tmp_path)
+    out = tmp_path / "alerts.jsonl"
+    assert detect_main(["--model", str(model), "--input", "-", "--output", str(out)]) == 0
+    assert [json.loads(line)["session_id"] for line in out.read_text().splitlines()] == ["blk_1", "blk_2"]

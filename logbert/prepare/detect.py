@@ -42,8 +42,8 @@ class Report:
             stats[2] += event["probability"]
 
     def write(self, path: str, lines: ReadStats, unmatched: int) -> None:
-        out = [f"logbert detect: {lines.lines} lines ({lines.unparsed} did not fit the log format, {unmatched} "
-               f"matched no template), {self.count} sessions, {self.flagged} flagged as anomalous.", "",
+        out = [(f"logbert detect: {lines.lines} lines ({lines.unparsed} did not fit the log format, {unmatched} "
+                f"matched no template), {self.count} sessions, {self.flagged} flagged as anomalous."), "",
                f"Top {min(self.top, self.count)} sessions by anomaly score:"]
         for score, _, info in sorted(self.sessions, reverse=True):
             worst = info["worst"]

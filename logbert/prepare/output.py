@@ -7,8 +7,8 @@ import functools
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Callable
 
 from .reading import PrepareError
 from .sessions import Session

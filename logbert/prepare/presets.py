@@ -68,8 +68,8 @@ PRESETS: dict[str, dict] = {
 
 # Drain3's own example masks (drain3.ini), by name, for logs without a preset: `--mask id ip hex num`.
 NAMED_MASKS: dict[str, tuple[str, str]] = {
-    "id": (r"((?<=[^A-Za-z0-9])|^)([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-           r"|[A-Za-z]+_-?\d+(_\d+)*)((?=[^A-Za-z0-9])|$)", "ID"),
+    "id": ((r"((?<=[^A-Za-z0-9])|^)([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+            r"|[A-Za-z]+_-?\d+(_\d+)*)((?=[^A-Za-z0-9])|$)"), "ID"),
     "ip": (r"((?<=[^A-Za-z0-9])|^)(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(:\d+)?((?=[^A-Za-z0-9])|$)", "IP"),
     "hex": (r"((?<=[^A-Za-z0-9])|^)(0x[a-f0-9A-F]+)((?=[^A-Za-z0-9])|$)", "HEX"),
     "num": (r"((?<=[^A-Za-z0-9])|^)([\-\+]?\d+)((?=[^A-Za-z0-9])|$)", "NUM"),

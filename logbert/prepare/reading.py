@@ -7,7 +7,8 @@ import re
 import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from typing import IO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import IO
 
 CONTENT_FIELD = "Content"
 _EPOCH = date(1970, 1, 1)
@@ -150,14 +151,21 @@ class TimestampParser:
         self.has_date = any(code in time_format for code in ("%Y", "%y", "%s"))
         self._fast = _fast_time_regex(time_format)
         self._days: dict[tuple, int] = {}
+        self._last_text: str | None = None
+        self._last_value: float | None = None
 
     def __call__(self, header: dict) -> float | None:
         try:
             text = header[self.fields[0]] if len(self.fields) == 1 else " ".join(header[f] for f in self.fields)
         except KeyError:
             return None
-        if self._fast is None:
-            return self._slow(text)
+        if text == self._last_text:  # consecutive lines often share their timestamp
+            return self._last_value
+        self._last_text = text
+        self._last_value = value = self._slow(text) if self._fast is None else self._read_fast(text)
+        return value
+
+    def _read_fast(self, text: str) -> float | None:
         match = self._fast.match(text)
         if match is None:
             return None

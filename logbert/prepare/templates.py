@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ class DrainSettings:
                 "masking": [{"regex_pattern": p, "mask_with": m} for p, m in self.masking]}
 
     @classmethod
-    def from_json(cls, data: dict) -> "DrainSettings":
+    def from_json(cls, data: dict) -> DrainSettings:
         return cls(depth=int(data["depth"]), sim_th=float(data["sim_th"]), max_children=int(data["max_children"]),
                    extra_delimiters=list(data.get("extra_delimiters", [])),
                    parametrize_numeric_tokens=bool(data.get("parametrize_numeric_tokens", True)),
@@ -54,7 +55,7 @@ def build_template_miner(settings: DrainSettings) -> TemplateMiner:
     config.parametrize_numeric_tokens = settings.parametrize_numeric_tokens
     try:
         config.masking_instructions = [MaskingInstruction(p, m) for p, m in settings.masking]
-    except Exception as error:  # re.error from a bad --mask_regex
+    except re.error as error:  # a bad --mask_regex
         raise PrepareError(f"masking regex is not valid: {error}") from None
     return TemplateMiner(persistence_handler=None, config=config)
 
