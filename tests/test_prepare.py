@@ -231,3 +231,37 @@ def test_hdfs_2k_grouping_accuracy_with_the_preset(tmp_path):
     assert code == 0
     truth = event_column(str(LOGHUB / "HDFS_2k.log_structured.csv"))
     assert grouping_accuracy(truth, event_column(str(structured))) >= 0.99
+
+
+# One line of each system, as Loghub has them; the id the preset's session rule should find (None: time windows).
+PRESET_LINES = {
+    "hdfs": (HDFS_LINES[3], "blk_-1608999687919862906"),
+    "bgl": ("- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 R02-M1-N0-C:J12-U11 RAS KERNEL "
+            "INFO instruction cache parity error corrected", None),
+    "openstack": ('nova-compute.log.1.2017-05-16_13:55:31 2017-05-16 00:00:04.500 2931 INFO nova.compute.manager '
+                  '[req-3ea4052c-895d-4b64-9e2d-04d64c4d94ab - - - - -] [instance: '
+                  'b9000564-fe1a-409b-b8cc-1e88b294cd1d] VM Started (Lifecycle Event)',
+                  "b9000564-fe1a-409b-b8cc-1e88b294cd1d"),
+    "hadoop": ("2015-10-18 18:01:47,978 INFO [main] org.apache.hadoop.mapreduce.v2.app.MRAppMaster: Created "
+               "MRAppMaster for application appattempt_1445144423722_0020_000001", "1445144423722_0020"),
+    "spark": ("17/06/09 20:10:40 INFO executor.CoarseGrainedExecutorBackend: Registered signal handlers for "
+              "[TERM, HUP, INT]", None),
+    "zookeeper": ("2015-07-29 17:41:44,747 - INFO  [QuorumPeer[myid=1]/0:0:0:0:0:0:0:0:2181:FastLeaderElection@774]"
+                  " - Notification time out: 3200", None),
+    "linux": ("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: authentication failure; logname= uid=0 euid=0 "
+              "tty=NODEVssh ruser= rhost=218.188.2.4", None),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_LINES))
+def test_every_preset_reads_its_system_header_time_and_session(preset):
+    from logbert.prepare.presets import get_preset
+
+    line, session_id = PRESET_LINES[preset]
+    settings = get_preset(preset)
+    regex, _ = build_format_regex(settings["log_format"])
+    header = regex.match(line).groupdict()
+    assert header["Content"] and not header["Content"].startswith(" ")
+    assert TimestampParser(settings["time"]["fields"], settings["time"]["format"])(header) is not None
+    keys = Sessionizer(SessionRule(**settings["session"])).keys_of(line, header, 0.0)
+    assert keys == ([session_id] if session_id else [0.0])
