@@ -96,7 +96,10 @@ class Sessionizer:
         """The session ids one line belongs to (several when it names several blocks, or windows overlap)."""
         rule = self.rule
         if self.regex is not None:
-            keys = [m.group(1) if m.re.groups else m.group(0) for m in self.regex.finditer(line)]
+            if self.regex.groups > 1:  # findall would give tuples: the first group names the session
+                keys = [m.group(1) for m in self.regex.finditer(line)]
+            else:  # the one group, or the whole match
+                keys = self.regex.findall(line)
             return list(dict.fromkeys(keys)) if len(keys) > 1 else keys
         if rule.session_field is not None:
             value = header.get(rule.session_field)
@@ -129,7 +132,7 @@ class Sessionizer:
                 session = self.open[key] = Session(name, timestamp, timestamp, first_line=self.line_number)
                 if self.rule.time_window is not None:
                     self.next_window_end = min(self.next_window_end, key + self.rule.time_window)
-            else:
+            elif self.rule.inactivity_timeout is not None:  # only idle closing needs the activity order
                 self.open.move_to_end(key)
             session.events.append(event)
             if timestamp is not None:
