@@ -34,8 +34,9 @@ def _add_session_flags(parser: argparse.ArgumentParser, closing_only: bool = Fal
 def build_prepare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logbert prepare", allow_abbrev=False,
-        description="Parse raw log files into Drain3 templates and write sessions of event ids that "
-                    "run_mlm_logs.py --data-dir trains on, with templates.csv, parser_state.json and a summary.",
+        description="Parse raw log files into Drain3 templates and write sessions of event ids "
+                    "(preprocessed_logs_YYYY-MM-DD.jsonl) for run_mlm_logs.py --data-dir DIR --file_pattern "
+                    "'preprocessed_logs*.jsonl', with templates.csv, parser_state.json and prepare_summary.json.",
         epilog="Example: logbert prepare --preset hdfs --input HDFS.log --label_file anomaly_label.csv "
                "--output_dir data/hdfs")
     parser.add_argument("--input", nargs="+", required=True, help="Raw log files, plain or gzip (- for stdin).")
