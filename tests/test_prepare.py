@@ -265,3 +265,29 @@ def test_every_preset_reads_its_system_header_time_and_session(preset):
     assert TimestampParser(settings["time"]["fields"], settings["time"]["format"])(header) is not None
     keys = Sessionizer(SessionRule(**settings["session"])).keys_of(line, header, 0.0)
     assert keys == ([session_id] if session_id else [0.0])
+
+
+@pytest.mark.skipif(LOGHUB is None, reason="the shared Loghub/DeepLog data is not on this machine")
+def test_rendered_deeplog_sessions_come_back_from_prepare(tmp_path):
+    """benchmarks/render_hdfs_logs.py -> prepare gives back each DeepLog session, one template per event number."""
+    from benchmarks.render_hdfs_logs import main as render
+
+    raw = tmp_path / "raw"
+    assert render(["--data-dir", str(LOGHUB.parent), "--output-dir", str(raw), "--max-sessions", "200", "--gzip"]) == 0
+    code, out = run_prepare(tmp_path, "--preset", "hdfs", "--input", str(raw / "hdfs_train.log.gz"),
+                            "--label_file", str(raw / "anomaly_label.csv"))
+    assert code == 0
+    with open(raw / "anomaly_label.csv", newline="") as handle:
+        blocks = [row["BlockId"] for row in csv.DictReader(handle)][:200]  # hdfs_train's blocks come first
+    originals = (LOGHUB.parent / "hdfs_deeplog" / "hdfs_train").read_text().splitlines()[:200]
+    truth = {block: line.split() for block, line in zip(blocks, originals)}
+    mapping: dict[str, set] = {}
+    sessions = read_sessions(out)
+    assert len(sessions) == 200 and all(s["label"] == 0 for s in sessions)
+    for session in sessions:
+        original = truth[session["session_id"]]
+        assert len(session["event_sequence"]) == len(original)
+        for event, number in zip(session["event_sequence"], original):
+            mapping.setdefault(event, set()).add(number)
+    assert all(len(numbers) == 1 for numbers in mapping.values())  # one event number per template ...
+    assert len({n for numbers in mapping.values() for n in numbers}) == len(mapping)  # ... and vice versa
