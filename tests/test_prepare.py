@@ -236,20 +236,20 @@ def test_hdfs_2k_grouping_accuracy_with_the_preset(tmp_path):
 # One line of each system, as Loghub has them; the id the preset's session rule should find (None: time windows).
 PRESET_LINES = {
     "hdfs": (HDFS_LINES[3], "blk_-1608999687919862906"),
-    "bgl": ("- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 R02-M1-N0-C:J12-U11 RAS KERNEL "
-            "INFO instruction cache parity error corrected", None),
-    "openstack": ('nova-compute.log.1.2017-05-16_13:55:31 2017-05-16 00:00:04.500 2931 INFO nova.compute.manager '
+    "bgl": (("- 1117838570 2005.06.03 R02-M1-N0-C:J12-U11 2005-06-03-15.42.50.675872 R02-M1-N0-C:J12-U11 RAS KERNEL "
+            "INFO instruction cache parity error corrected"), None),
+    "openstack": (('nova-compute.log.1.2017-05-16_13:55:31 2017-05-16 00:00:04.500 2931 INFO nova.compute.manager '
                   '[req-3ea4052c-895d-4b64-9e2d-04d64c4d94ab - - - - -] [instance: '
-                  'b9000564-fe1a-409b-b8cc-1e88b294cd1d] VM Started (Lifecycle Event)',
+                  'b9000564-fe1a-409b-b8cc-1e88b294cd1d] VM Started (Lifecycle Event)'),
                   "b9000564-fe1a-409b-b8cc-1e88b294cd1d"),
-    "hadoop": ("2015-10-18 18:01:47,978 INFO [main] org.apache.hadoop.mapreduce.v2.app.MRAppMaster: Created "
-               "MRAppMaster for application appattempt_1445144423722_0020_000001", "1445144423722_0020"),
-    "spark": ("17/06/09 20:10:40 INFO executor.CoarseGrainedExecutorBackend: Registered signal handlers for "
-              "[TERM, HUP, INT]", None),
-    "zookeeper": ("2015-07-29 17:41:44,747 - INFO  [QuorumPeer[myid=1]/0:0:0:0:0:0:0:0:2181:FastLeaderElection@774]"
-                  " - Notification time out: 3200", None),
-    "linux": ("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: authentication failure; logname= uid=0 euid=0 "
-              "tty=NODEVssh ruser= rhost=218.188.2.4", None),
+    "hadoop": (("2015-10-18 18:01:47,978 INFO [main] org.apache.hadoop.mapreduce.v2.app.MRAppMaster: Created "
+               "MRAppMaster for application appattempt_1445144423722_0020_000001"), "1445144423722_0020"),
+    "spark": (("17/06/09 20:10:40 INFO executor.CoarseGrainedExecutorBackend: Registered signal handlers for "
+              "[TERM, HUP, INT]"), None),
+    "zookeeper": (("2015-07-29 17:41:44,747 - INFO  [QuorumPeer[myid=1]/0:0:0:0:0:0:0:0:2181:FastLeaderElection@774]"
+                  " - Notification time out: 3200"), None),
+    "linux": (("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: authentication failure; logname= uid=0 euid=0 "
+              "tty=NODEVssh ruser= rhost=218.188.2.4"), None),
 }
 
 
