@@ -19,7 +19,7 @@ COMMANDS = {
     "prepare": ("logbert.prepare.cli", "prepare_main", "raw log files -> templates (Drain3) -> session files"),
     "train": ("run_mlm_logs", "cli", "train a LogBERT model on session files (same flags as run_mlm_logs.py)"),
     "score": ("logbert.cli", "score_main", "score session files with a trained model, one JSON line per session"),
-    "detect": ("logbert.prepare.detect", "detect_main", "raw log lines -> sessions -> alerts, with a model folder"),
+    "detect": ("logbert.prepare.cli", "detect_main", "raw log lines -> sessions -> alerts, with a model folder"),
     "evaluate": ("logbert.cli", "evaluate_main", "detection metrics and plots on labelled sessions, with a baseline"),
     "calibrate": ("logbert.cli", "calibrate_main", "set a model's anomaly threshold from normal (or dev) sessions"),
     "push": ("logbert.cli", "push_main", "upload a trained model folder to the Hugging Face hub"),

@@ -189,7 +189,7 @@ def test_logbert_lists_its_subcommands_and_each_help_exits_0(capsys):
     assert main(["--help"]) == 0
     listed = capsys.readouterr().out
     assert all(name in listed for name in ("train", "score", "evaluate", "calibrate", "push"))
-    for name in ("train", "score", "evaluate", "calibrate", "push"):
+    for name in ("train", "score", "evaluate", "calibrate", "push", "prepare", "detect"):
         with pytest.raises(SystemExit) as raised:
             main([name, "--help"])
         assert raised.value.code == 0, name
