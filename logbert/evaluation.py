@@ -122,20 +122,40 @@ def tune_threshold_on_dev(detector, sessions: list, labels: list[int]) -> dict[s
     if not (labels == 1).any() or not (labels == 0).any():
         raise ValueError("a development set needs both normal and anomalous sessions")
     model_scores = np.array([r["model_score"] for r in results])
-    return {"anomaly_threshold": _best_f1_threshold(scores, labels),
-            "model_only_threshold": _best_f1_threshold(model_scores, labels),
+    return {"anomaly_threshold": best_f1_threshold(scores, labels),
+            "model_only_threshold": best_f1_threshold(model_scores, labels),
             "threshold_target_fpr": None, "score_name": results[0]["score_name"],
             "num_candidates": getattr(detector.model.config, "num_candidates", None) or 5,
             "calibration_sessions": len(scores)}
 
 
-def _best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float(max(np.unique(scores), key=lambda t: _f1(scores > t, labels)))
+def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The session score that, as a threshold (flag `score > threshold`), gives the highest F1 on these labels.
 
+    Candidates are the distinct scores, as before; ties in F1 go to the lowest threshold. One sort
+    (precision_recall_curve), not one pass over the scores per candidate.
+    """
+    from sklearn.metrics import precision_recall_curve
 
-def _f1(flagged: np.ndarray, labels: np.ndarray) -> float:
-    tp = np.sum(flagged & (labels == 1))
-    return 2 * tp / (np.sum(flagged) + np.sum(labels == 1)) if tp else 0.0
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
+    candidates = np.unique(scores)  # ascending
+    positives = int(labels.sum())
+    if positives == 0:  # F1 is 0 at every threshold
+        return float(candidates[0])
+    precision, recall, cuts = precision_recall_curve(labels, scores)  # cuts ascending; one more p/r point
+    # The curve flags `score >= cut`, i.e. `score > ` the distinct score just below the cut: the strict threshold
+    # that cut stands for. The lowest cut has none below it (it flags every session, which no candidate does);
+    # the highest candidate flags nothing and keeps F1 0.
+    below = np.searchsorted(candidates, cuts) - 1
+    keep = below >= 0
+    # Integer counts back from the rates, so that F1 is 2 tp / (flagged + positives) as in the per-candidate
+    # search it replaces, and equal F1 values tie exactly.
+    true_positives = np.rint(recall[:-1][keep] * positives)
+    flagged = np.rint(np.divide(true_positives, precision[:-1][keep], out=np.zeros_like(true_positives),
+                                where=true_positives > 0))
+    f1 = np.zeros(len(candidates))
+    f1[below[keep]] = 2 * true_positives / (flagged + positives)
+    return float(candidates[int(np.argmax(f1))])  # argmax: the first (lowest) of equal maxima
 
 
 def apply_scoring_config(model_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
@@ -199,18 +219,20 @@ def write_plots(output_dir: Path, scores: np.ndarray, labels: np.ndarray, thresh
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .metrics.anomaly_detection.anomaly_detection import precision_recall_points, roc_points
+    from sklearn.metrics import precision_recall_curve, roc_curve
 
     written = []
     finite = np.where(np.isfinite(scores), scores, np.nanmax(scores[np.isfinite(scores)]) if np.isfinite(
         scores).any() else 0)
 
     # The ROC's x axis is logarithmic: the operating points that matter are at false-positive rates of 0.1%.
-    # The baseline flags yes/no: its curve has one real point, the first after roc_points' leading (0, 0).
+    # The baseline flags yes/no: its curve has one real point, after roc_curve's leading (0, 0) and before
+    # precision_recall_curve's closing (recall 0, precision 1).
     curves = (("roc.png", "ROC", "false-positive rate (log)", "true-positive rate", "lower right",
-               lambda values: roc_points(values, labels)[:2], {"xscale": "log", "xlim": (1e-4, 1)}, 1),
+               lambda values: roc_curve(labels, values, drop_intermediate=False)[:2],
+               {"xscale": "log", "xlim": (1e-4, 1)}, 1),
               ("precision_recall.png", "Precision-recall", "recall", "precision", "lower left",
-               lambda values: precision_recall_points(values, labels)[::-1], {}, 0))
+               lambda values: precision_recall_curve(labels, values)[1::-1], {}, -2))
     for file_name, title, x_label, y_label, legend_place, points, axis_settings, baseline_point in curves:
         figure, axis = plt.subplots(figsize=(5, 5))
         axis.plot(*points(finite), label="LogBERT")
