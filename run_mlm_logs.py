@@ -22,12 +22,11 @@ from transformers import set_seed
 
 from logbert.callbacks import (BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError,
                                ReproducibleResumeCallback)
-from logbert.cli import load_detector
 from logbert.collator import build_training_collator, mask_for_evaluation
 from logbert.config import ConfigError, parse_args, resolved_config
 from logbert.data import EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections
-from logbert.evaluation import apply_scoring_config, calibrate, known_count_vector_keys
-from logbert.export import find_latest_checkpoint, save_model_folder, write_model_card
+from logbert.calibration import calibrate_model_folder, calibration_sessions, known_count_vector_keys
+from logbert.export import find_latest_checkpoint, save_model_folder
 from logbert.hub import HubError, push_model_folder
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from logbert.model import build_model
@@ -165,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         if do_eval and (normal_sessions := calibration_sessions(corpus.validation, corpus.kind,
                                                                 training_args.calibration_max_sessions)):
             for directory in directories:
-                settings = calibrate_model_folder(directory, normal_sessions, training_args)
+                settings = calibrate_model_folder(directory, normal_sessions, training_args.threshold_target_fpr,
+                                                  training_args.score_name, training_args.num_candidates,
+                                                  str(training_args.device))
                 logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
                             directory, settings["anomaly_threshold"], settings["score_name"],
                             settings["threshold_target_fpr"], settings["calibration_sessions"])
@@ -176,23 +177,6 @@ def main(argv: list[str] | None = None) -> int:
                               training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
                               token=training_args.hub_token, private=bool(training_args.hub_private_repo))
     return 0
-
-
-def calibration_sessions(dataset, kind: str, limit: int) -> list:
-    """Held-out sessions known or assumed normal (label != 1), in the form the scoring pipeline takes."""
-    rows = dataset.select(range(min(len(dataset), limit)))
-    sessions = rows["event_ids"] if kind == EVENTS_KIND else [{"token_ids": ids} for ids in rows["input_ids"]]
-    return [session for session, label in zip(sessions, rows["label"]) if label != 1]
-
-
-def calibrate_model_folder(directory: str, normal_sessions: list, training_args) -> dict:
-    """Score the normal sessions with the exported model and store the threshold in its config.json."""
-    detector = load_detector(directory, device=str(training_args.device))
-    settings = calibrate(detector, normal_sessions, training_args.threshold_target_fpr, training_args.score_name,
-                         training_args.num_candidates)
-    apply_scoring_config(directory, settings)
-    write_model_card(directory)
-    return settings
 
 
 def cli(argv: list[str] | None = None) -> int:

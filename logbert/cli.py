@@ -13,9 +13,9 @@ import numpy as np
 from transformers import HfArgumentParser
 
 from .data import DataError, Rejection, write_rejections
+from .calibration import apply_scoring_config, calibrate, tune_threshold_on_dev
+from .evaluation import CountVectorBaseline, detection_metrics, expand_inputs, iter_sessions, score_stream, write_plots
 from .export import write_model_card
-from .evaluation import (CountVectorBaseline, apply_scoring_config, calibrate, detection_metrics, expand_inputs,
-                         iter_sessions, score_stream, tune_threshold_on_dev, write_plots)
 
 logger = logging.getLogger("logbert")
 

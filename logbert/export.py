@@ -144,6 +144,26 @@ With the `logbert` package installed, `pipeline("log-anomaly", model=PATH, pipel
     return path
 
 
+def write_text_atomically(path: str | os.PathLike, text: str) -> None:
+    """Replace `path` with `text` in one step: readers see the old file or the new one, never a part of it.
+
+    The temporary file is a sibling (same file system, so os.replace is atomic) created with mode 0666 less
+    the umask, as `open(path, "w")` would, not the 0600 of `tempfile`.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
 def is_complete_checkpoint(path: Path) -> bool:
     """The Trainer writes trainer_state.json last: a folder without a readable one was cut off mid-write."""
     state = path / "trainer_state.json"

@@ -149,7 +149,7 @@ def test_hdfs_like_scores_with_heavy_ties_match_the_definitions_and_the_previous
 
 
 def test_best_f1_threshold_on_hdfs_like_scores_is_the_one_trying_every_score_found():
-    from logbert.evaluation import best_f1_threshold
+    from logbert.calibration import best_f1_threshold
 
     scores, labels = _hdfs_like_scores()
     assert best_f1_threshold(scores, labels) == 2.2  # what the per-candidate search returned on these scores
