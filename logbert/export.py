@@ -68,8 +68,25 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def write_model_card(directory: str | os.PathLike, metrics: dict[str, Any] | None = None) -> Path:
-    """README.md for the hub from what the folder holds: data summary, config, eval and detection metrics."""
+# Hub metadata. `pipeline_tag` must be a task the hub knows: the model is a masked-language model (fill-mask);
+# the task it serves, `log-anomaly` (the custom pipeline), is named in the tags.
+CARD_TAGS = ["logbert", "log-anomaly-detection", "log-anomaly", "masked-language-modeling", "anomaly-detection"]
+# Detection metrics reported in the model-index, with the hub's metric ids.
+CARD_METRICS = {"f1": "f1", "precision": "precision", "recall": "recall", "auroc": "roc_auc",
+                "auprc": "average_precision", "fpr": "false_positive_rate", "projected_f1": "f1"}
+
+
+def build_model_card(directory: str | os.PathLike, metrics: dict[str, Any] | None = None,
+                     datasets: list[str] | None = None):
+    """A `huggingface_hub.ModelCard` from what the folder holds: data summary, config, eval and detection metrics.
+
+    Args:
+        directory: an exported model folder.
+        metrics: masked-event evaluation metrics; default: the folder's eval_results.json.
+        datasets: hub dataset ids the model was trained on; default: `datasets` in data_summary.json, if any.
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
     directory = Path(directory)
     config = _read_json(directory / "config.json")
     data = _read_json(directory / DATA_SUMMARY_FILE)
@@ -79,30 +96,35 @@ def write_model_card(directory: str | os.PathLike, metrics: dict[str, Any] | Non
         training_config = yaml.safe_load((directory / TRAINING_CONFIG_FILE).read_text()) or {}
     metrics = {k: v for k, v in (metrics or _read_json(directory / "eval_results.json")).items()
                if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v))}
+    training_rows = training_config.get("training", {})
+    datasets = datasets or data.get("datasets") or None
+    model_name = training_rows.get("hub_model_id") or directory.resolve().name
 
-    def table(rows: dict[str, Any]) -> str:
-        if not rows:
-            return "_not recorded_\n"
-        lines = ["| | |", "|---|---|"]
-        lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
-                  for key, value in rows.items()]
-        return "\n".join(lines) + "\n"
+    eval_results = None
+    reported = {key: value for key, value in detection.items()
+                if key in CARD_METRICS and isinstance(value, (int, float)) and math.isfinite(value)}
+    if reported:
+        counts = f"{detection.get('test_normal', '?')} normal + {detection.get('test_anomalous', '?')} anomalous sessions"
+        eval_results = [EvalResult(task_type="log-anomaly-detection", task_name="Log anomaly detection",
+                                   dataset_type=datasets[0] if datasets else "log-sessions",
+                                   dataset_name=f"test sessions ({counts})", dataset_split="test",
+                                   metric_type=CARD_METRICS[key], metric_name=key, metric_value=round(float(value), 6),
+                                   metric_config=detection.get("score_name"))
+                        for key, value in reported.items()]
+    card_data = ModelCardData(library_name="transformers", pipeline_tag="fill-mask", tags=CARD_TAGS,
+                              datasets=datasets, model_name=model_name, eval_results=eval_results,
+                              metrics=sorted({CARD_METRICS[key] for key in reported}) or None)
 
     model_rows = {k: config.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                               "intermediate_size", "max_position_embeddings", "vocab_size",
                                               "tokenizer_vocab_size", "input_kind") if k in config}
-    scoring_rows = {k: config.get(k) for k in ("anomaly_threshold", "num_candidates", "score_name",
-                                                "threshold_target_fpr") if config.get(k) is not None}
-    training_rows = training_config.get("training", {})
-    card = f"""---
-library_name: transformers
-pipeline_tag: log-anomaly
-tags:
-- logbert
-- log-anomaly-detection
-- masked-language-modeling
----
+    scoring_rows = {k: config.get(k) for k in ("anomaly_threshold", "model_only_threshold", "num_candidates",
+                                                "score_name", "threshold_target_fpr", "calibration_sessions")
+                    if config.get(k) is not None}
+    from .pipeline import KNOWN_COUNT_VECTORS_FILE
 
+    known_normal_gate = (directory / KNOWN_COUNT_VECTORS_FILE).exists()
+    body = f"""
 # LogBERT log anomaly detector
 
 A BERT masked-language model (LogBERT, Guo et al. 2021) trained self-supervised on sessions of normal log
@@ -118,30 +140,74 @@ detector(["22 5 5 5 11 9 11 9 11 9 26 26 26 23 23 23 21 21 21"])
 # [{{'anomaly_score': ..., 'is_anomaly': False, 'threshold': ..., 'events': [...]}}]
 ```
 
-With the `logbert` package installed, `pipeline("log-anomaly", model=PATH, pipeline_class=LogAnomalyPipeline)`
-(`from logbert import LogAnomalyPipeline`) uses the package's code instead, and
-`logbert-score --model PATH --input FILES --output scores.jsonl` scores files.
+The hub lists the model under `fill-mask` (what it is); `log-anomaly` is the pipeline it ships in its own code
+(`pipeline.py`, `scoring.py`), hence `trust_remote_code=True`. With the `logbert` package installed,
+`pipeline("log-anomaly", model=PATH, pipeline_class=LogAnomalyPipeline)` (`from logbert import LogAnomalyPipeline`)
+uses the package's code instead, and `logbert-score --model PATH --input FILES --output scores.jsonl` scores files.
 
 ## Data
 
-{table({k: v for k, v in data.items() if not isinstance(v, (list, dict))})}
+{_table({k: v for k, v in data.items() if not isinstance(v, (list, dict))})}
 ## Model
 
-{table(model_rows)}
+{_table(model_rows)}
 ## Training
 
-{table({k: v for k, v in training_rows.items() if not isinstance(v, (list, dict))})}
+{_table({k: v for k, v in training_rows.items() if not isinstance(v, (list, dict))})}
 ## Evaluation (masked-event prediction on held-out sessions)
 
-{table(metrics)}
+{_table(metrics)}
 ## Anomaly detection
 
-{table(scoring_rows)}
-{table({k: v for k, v in detection.items() if isinstance(v, (int, float))}) if detection else ''}
+{_explain_threshold(config, known_normal_gate)}
+
+{_table(scoring_rows)}
+{_table({k: v for k, v in detection.items() if isinstance(v, (int, float))}) if detection else ''}
 """
-    path = directory / "README.md"
-    path.write_text(card)
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n{body}")
+
+
+def write_model_card(directory: str | os.PathLike, metrics: dict[str, Any] | None = None,
+                     datasets: list[str] | None = None) -> Path:
+    """README.md for the hub (see `build_model_card`), replaced atomically."""
+    path = Path(directory) / "README.md"
+    write_text_atomically(path, str(build_model_card(directory, metrics, datasets)))
     return path
+
+
+def _table(rows: dict[str, Any]) -> str:
+    if not rows:
+        return "_not recorded_\n"
+    lines = ["| | |", "|---|---|"]
+    lines += [f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |"
+              for key, value in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _explain_threshold(config: dict[str, Any], known_normal_gate: bool) -> str:
+    """What `anomaly_threshold` means for this model, in words: a bare number (above all a 0) says nothing."""
+    threshold = config.get("anomaly_threshold")
+    score = f"`anomaly_score` (`{config.get('score_name') or 'the session score'}`)"
+    if threshold is None:
+        return ("No threshold is calibrated: the pipeline returns scores but `is_anomaly` is null. Set one with "
+                "`logbert-calibrate --model PATH --normal FILES`, or pass `threshold=` when scoring.")
+    gate = (" The known-normal gate is on: a session whose multiset of events occurs in training scores 0 whatever "
+            "the model says; the others get the model's score." if known_normal_gate else "")
+    fpr, sessions = config.get("threshold_target_fpr"), config.get("calibration_sessions")
+    if fpr is not None:
+        origin = (f"It was set without labels on {sessions} held-out normal sessions, so that at most a share "
+                  f"{fpr:g} of them is above it (the target false-positive rate).")
+    else:
+        origin = f"It maximises F1 on a labelled development set of {sessions} sessions."
+    text = f"A session is flagged when its {score} is strictly above `anomaly_threshold` = {threshold:.6g}. {origin}{gate}"
+    if known_normal_gate and threshold == 0:
+        model_only = config.get("model_only_threshold")
+        text += (" **A threshold of 0 means** that every calibration session had an event multiset already seen in "
+                 "training, so the gate scored them all 0: any session with a new multiset of events is flagged "
+                 "(the detector then acts as the count-vector baseline, and the model only adds its scores for "
+                 "ranking)." + (f" The model's own threshold, for `model_score` without the gate, is "
+                                f"`model_only_threshold` = {model_only:.6g}." if model_only is not None else ""))
+    return text
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> None:
