@@ -27,7 +27,7 @@ from logbert.config import ConfigError, parse_args, resolved_config
 from logbert.data import EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections
 from logbert.calibration import calibrate_model_folder, calibration_sessions, known_count_vector_keys
 from logbert.export import find_latest_checkpoint, save_model_folder
-from logbert.hub import HubError, push_model_folder
+from logbert.hub import HubError, keep_trainer_from_pushing, push_model_folder
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from logbert.model import build_model
 from logbert.pipeline import write_known_count_vectors
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if not do_eval:
         training_args.eval_strategy = "no"
     max_k = max(training_args.top_k)
+    keep_trainer_from_pushing(training_args)  # the exported folder is pushed once, at the end (logbert/hub.py)
     trainer = LogBertTrainer(
         model=model,
         args=training_args,
@@ -173,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("Final model in %s; best model (by eval loss) in %s", training_args.output_dir,
                     os.path.join(training_args.output_dir, "best_model"))
         if training_args.push_to_hub:  # the folder as it is on disk: model, tokenizer, threshold, code, card
-            push_model_folder(training_args.output_dir,
-                              training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
+            push_model_folder(training_args.output_dir, trainer.hub_model_id or training_args.hub_model_id
+                              or os.path.basename(os.path.abspath(training_args.output_dir)),
                               token=training_args.hub_token, private=bool(training_args.hub_private_repo))
     return 0
 
