@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +23,112 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                       "pytorch_model.bin.index.json")
 
+# What an export (and, later, calibration and evaluation) writes in a model folder: a folder holding only these is
+# an earlier export, which a new one replaces whole.
+MODEL_FOLDER_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
+                      "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "pipeline.py",
+                      "scoring.py", TRAINING_CONFIG_FILE, DATA_SUMMARY_FILE, "eval_results.json", "README.md",
+                      "known_count_vectors.npy", "detection_metrics.json"}
+MODEL_SHARD_PATTERN = re.compile(r"^model-\d+-of-\d+\.safetensors$")
+
 
 def save_model_folder(model, tokenizer, directory: str | os.PathLike, training_config: dict[str, Any] | None = None,
                       metrics: dict[str, Any] | None = None, data_summary: dict[str, Any] | None = None) -> Path:
     """Write everything `from_pretrained(directory)` and the scoring pipeline need, plus a model card.
 
-    Refuses to write a model whose weights are not finite: a NaN model must never become `best_model`.
+    All of it is written to a temporary folder first and then moved into place (`publish_folder`), so a process
+    killed while exporting never leaves a folder with config.json and pipeline.py but no weights. Files get the
+    mode `open()` would give (0666 less the umask). Refuses to write a model whose weights are not finite: a NaN
+    model must never become `best_model`.
     """
     directory = Path(directory)
     names = non_finite_parameters(model)
     if names:
         raise ValueError(f"refusing to export {directory}: parameter {names[0]} holds NaN/inf "
                          f"({len(names)} tensors in all)")
-    directory.mkdir(parents=True, exist_ok=True)
-    # Saving through the pipeline also writes its code (pipeline.py, scoring.py) and registers the
-    # `log-anomaly` task in config.json, so `pipeline(model=directory, trust_remote_code=True)` works anywhere.
-    from .pipeline import LogAnomalyPipeline
+    staging = _staging_folder(directory)
+    try:
+        # Saving through the pipeline also writes its code (pipeline.py, scoring.py) and registers the
+        # `log-anomaly` task in config.json, so `pipeline(model=directory, trust_remote_code=True)` works anywhere.
+        from .pipeline import LogAnomalyPipeline
 
-    LogAnomalyPipeline(model=model, tokenizer=tokenizer, device=model.device).save_pretrained(
-        directory, safe_serialization=True)
-    if training_config is not None:
-        (directory / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(training_config, sort_keys=False))
-    if data_summary is not None:
-        (directory / DATA_SUMMARY_FILE).write_text(json.dumps(data_summary, indent=2))
-    if metrics:  # the card is regenerated later (threshold calibration) from what the folder holds
-        (directory / "eval_results.json").write_text(json.dumps(metrics, indent=2, default=str))
-    write_model_card(directory, metrics=metrics)
+        LogAnomalyPipeline(model=model, tokenizer=tokenizer, device=model.device).save_pretrained(
+            staging, safe_serialization=True)
+        if training_config is not None:
+            (staging / TRAINING_CONFIG_FILE).write_text(yaml.safe_dump(training_config, sort_keys=False))
+        if data_summary is not None:
+            (staging / DATA_SUMMARY_FILE).write_text(json.dumps(data_summary, indent=2))
+        if metrics:  # the card is regenerated later (threshold calibration) from what the folder holds
+            (staging / "eval_results.json").write_text(json.dumps(metrics, indent=2, default=str))
+        write_model_card(staging, metrics=metrics)
+        make_files_readable(staging)
+        publish_folder(staging, directory)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _staging_folder(directory: Path) -> Path:
+    """An empty temporary folder on the same file system as `directory`, named so that it is never pushed.
+
+    A sibling when the whole folder can be swapped, inside it when it is the training output folder (its
+    checkpoints stay where they are, and its parent may not be ours to write in).
+    """
+    parent = directory if _holds_more_than_a_model(directory) else directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    for leftover in parent.glob(f".{directory.name}.*.tmp"):  # from an export that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = parent / f".{directory.name}.{os.getpid()}.tmp"
+    staging.mkdir()
+    return staging
+
+
+def _holds_more_than_a_model(directory: Path) -> bool:
+    """True for a folder with anything an export does not write: a subfolder (checkpoint-N, runs, best_model) or
+    a file of the run (trainer_state.json, train_results.json ...). Such a folder is never replaced whole."""
+    if not directory.is_dir():
+        return False
+    return any(entry.is_dir() or not (entry.name in MODEL_FOLDER_FILES or MODEL_SHARD_PATTERN.match(entry.name))
+               for entry in directory.iterdir())
+
+
+def publish_folder(staging: Path, directory: Path) -> None:
+    """Move a fully written model folder into place.
+
+    A folder that holds only a model is swapped whole: the old one renamed aside, the new one renamed in, the old
+    one removed. Into a folder that holds more (OUTPUT_DIR, with its checkpoints) the files move one by one,
+    config.json last and the old config.json removed first: until the end the folder is not a loadable model,
+    never a mix that looks complete. What an earlier model left that belongs to its weights and vocabulary (the
+    known-normal fingerprints, its test metrics) goes with it.
+    """
+    from .pipeline import KNOWN_COUNT_VECTORS_FILE
+
+    if not _holds_more_than_a_model(directory):
+        old = directory.parent / f".{directory.name}.{os.getpid()}.old.tmp"
+        if directory.exists():
+            os.rename(directory, old)
+        os.rename(staging, directory)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    for name in ("config.json", KNOWN_COUNT_VECTORS_FILE, "detection_metrics.json"):
+        (directory / name).unlink(missing_ok=True)
+    for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == "config.json"):
+        os.replace(entry, directory / entry.name)
+
+
+def make_files_readable(directory: Path) -> None:
+    """Give every file the mode `open()` gives (0666 less the umask).
+
+    safetensors writes model.safetensors through a temporary file (Rust's tempfile crate) that it renames into
+    place, so the weights would be 0600, unreadable to the group that shares the model, while config.json is 0644.
+    """
+    probe = directory / ".mode-probe"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o666))  # the kernel applies the umask, without a race
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    for path in directory.rglob("*"):
+        if path.is_file():
+            os.chmod(path, mode)
 
 
 def non_finite_parameters(model) -> list[str]:

@@ -1,12 +1,20 @@
 """Model folders: the model card's metadata, file modes, atomic export."""
 
 import json
+import os
+from collections import Counter
 
 import numpy as np
 import pytest
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 
-from logbert.export import write_model_card
+from logbert import export
+from logbert.config import ModelArguments
+from logbert.data import EVENTS_KIND
+from logbert.export import save_model_folder, write_model_card
+from logbert.model import build_model
+from logbert.tokenizer import build_event_tokenizer
 
 
 def _model_folder(path, anomaly_threshold=0.0, detection=True):
@@ -53,3 +61,100 @@ def test_model_card_explains_a_calibrated_threshold_and_has_no_model_index_witho
     assert card.data.eval_results is None and "model-index" not in str(card)
     assert "strictly above `anomaly_threshold` = 2.5" in card.text and "target false-positive rate" in card.text
     assert "A threshold of 0 means" not in card.text
+
+
+# ---- Exporting a model folder: readable files, never half written ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    tokenizer = build_event_tokenizer(Counter({"5": 3, "22": 2, "11": 1}))
+    model = build_model(ModelArguments(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=16, max_position_embeddings=16), tokenizer, EVENTS_KIND)
+    return model, tokenizer
+
+
+def _weights(directory):
+    return load_file(directory / "model.safetensors")
+
+
+def test_exported_files_get_the_mode_open_gives_not_0600(tmp_path, tiny_model):
+    previous = os.umask(0o022)
+    try:
+        folder = save_model_folder(*tiny_model, tmp_path / "model")
+    finally:
+        os.umask(previous)
+    modes = {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()}
+    assert modes["model.safetensors"] == 0o644  # safetensors alone writes it 0600 (a renamed temporary file)
+    assert set(modes.values()) == {0o644}
+    os.umask(0o027)
+    try:
+        folder = save_model_folder(*tiny_model, tmp_path / "group")
+    finally:
+        os.umask(previous)
+    assert {path.stat().st_mode & 0o777 for path in folder.iterdir()} == {0o640}  # the umask is honoured
+
+
+def test_a_killed_export_leaves_the_previous_model_whole(tmp_path, tiny_model, monkeypatch):
+    model, tokenizer = tiny_model
+    folder = save_model_folder(model, tokenizer, tmp_path / "best_model")
+    before = {path.name: path.read_bytes() for path in folder.iterdir()}
+
+    def killed(directory):  # every file written, not yet moved into place
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "make_files_readable", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_model_folder(model, tokenizer, folder, metrics={"eval_loss": 0.5})
+    assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best_model"]  # no temporary folder left
+    with pytest.raises(KeyboardInterrupt):
+        save_model_folder(model, tokenizer, tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()  # no folder rather than one that looks complete
+
+
+def test_a_new_export_replaces_the_old_folder_whole_and_clears_a_killed_ones_leftovers(tmp_path, tiny_model):
+    import torch
+
+    model, tokenizer = tiny_model
+    folder = save_model_folder(model, tokenizer, tmp_path / "best_model")
+    np.save(folder / "known_count_vectors.npy", np.array([1]))  # the old vocabulary's fingerprints
+    leftover = tmp_path / ".best_model.99999.tmp"  # a SIGKILL during an earlier export
+    (leftover / "config.json").parent.mkdir()
+    (leftover / "config.json").write_text("{}")
+    changed = build_model(ModelArguments(hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=16, max_position_embeddings=16), tokenizer, EVENTS_KIND)
+    with torch.no_grad():
+        changed.bert.embeddings.word_embeddings.weight.add_(1.0)
+    save_model_folder(changed, tokenizer, folder)
+    assert not (folder / "known_count_vectors.npy").exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["best_model"]
+    assert torch.equal(_weights(folder)["bert.embeddings.word_embeddings.weight"],
+                       changed.bert.embeddings.word_embeddings.weight)
+
+
+def test_export_into_the_training_output_folder_keeps_the_run_and_moves_config_json_last(tmp_path, tiny_model,
+                                                                                         monkeypatch):
+    model, tokenizer = tiny_model
+    output_dir = tmp_path / "out"
+    (output_dir / "checkpoint-10").mkdir(parents=True)
+    (output_dir / "trainer_state.json").write_text("{}")
+    save_model_folder(model, tokenizer, output_dir)
+    assert {"checkpoint-10", "trainer_state.json", "config.json", "model.safetensors"} <= set(os.listdir(output_dir))
+    assert not [name for name in os.listdir(output_dir) if name.endswith(".tmp")]
+
+    moved = []
+    real_replace = os.replace
+
+    def killed_after_two(source, target):  # two files published into OUTPUT_DIR, then the process dies
+        if os.path.dirname(target) == str(output_dir):
+            if len(moved) == 2:
+                raise KeyboardInterrupt
+            moved.append(os.path.basename(target))
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        save_model_folder(model, tokenizer, output_dir)
+    assert len(moved) == 2 and "config.json" not in moved
+    assert not (output_dir / "config.json").exists()  # the old one went first: not a model that looks complete
+    assert (output_dir / "checkpoint-10").is_dir() and (output_dir / "trainer_state.json").exists()
