@@ -186,7 +186,9 @@ def _evaluate(args: EvaluateArguments) -> int:
             if baseline_scores is not None:
                 row["count_vector_baseline_anomaly"] = bool(baseline_scores[index] > 0.5)
             handle.write(json.dumps(row) + "\n")
-    plots = write_plots(output_dir, scores, labels, threshold, baseline_scores)
+    model_scores = [r["model_score"] for r in results] if report["known_normal_gate"] else None
+    plots = write_plots(output_dir, scores, labels, threshold, baseline_scores, model_scores,
+                        model_only_threshold if args.threshold is None else None)
     model_dir = Path(args.model)
     if (model_dir / "config.json").exists() and os.access(model_dir, os.W_OK):
         # The model card reports detection quality once it has been measured.

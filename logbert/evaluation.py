@@ -102,52 +102,100 @@ def detection_metrics(scores, labels, threshold: float, projected_normal_count: 
 
 
 def write_plots(output_dir: Path, scores: np.ndarray, labels: np.ndarray, threshold: float,
-                baseline_scores: np.ndarray | None = None) -> list[str]:
-    """ROC and precision-recall curves, and score histograms of normal against anomalous sessions (PNG)."""
+                baseline_scores: np.ndarray | None = None, model_scores: np.ndarray | None = None,
+                model_threshold: float | None = None) -> list[str]:
+    """ROC and precision-recall curves, and score histograms of normal against anomalous sessions (PNG).
+
+    Args:
+        scores: (N,) `anomaly_score`s, the known-normal gate included when the model has one.
+        labels: (N,) 1 anomalous, 0 normal.
+        threshold: the threshold in use (a session is flagged when its score is above it), marked on the ROC.
+        baseline_scores: (N,) 0/1 verdicts of the count-vector baseline, drawn as its one operating point.
+        model_scores: (N,) `model_score`s, the model without the gate, drawn beside the gated curve;
+            `model_threshold` is its own operating point.
+    Returns:
+        The paths written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-    from sklearn.metrics import precision_recall_curve, roc_curve
+    labels = np.asarray(labels)
+    both_classes = 0 < labels.sum() < len(labels)
+    detectors = [("LogBERT + known-normal gate" if model_scores is not None else "LogBERT", _finite(scores), threshold,
+                  "tab:blue")]
+    if model_scores is not None:
+        detectors.append(("LogBERT model alone", _finite(model_scores), model_threshold, "tab:green"))
 
-    written = []
-    finite = np.where(np.isfinite(scores), scores, np.nanmax(scores[np.isfinite(scores)]) if np.isfinite(
-        scores).any() else 0)
+    # The ROC's x axis is logarithmic: the operating points that matter are at false-positive rates of 0.1%; a
+    # false-positive rate of 0 is drawn at the axis' left edge.
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for name, values, cut, color in detectors:
+        false_positive_rate, true_positive_rate, _ = roc_curve(labels, values, drop_intermediate=False)
+        area = f" (AUROC {roc_auc_score(labels, values):.4f})" if both_classes else ""
+        axis.plot(false_positive_rate, true_positive_rate, color=color, label=name + area)
+        if cut is not None:
+            fpr, tpr = _rates(values > cut, labels)
+            axis.plot(max(fpr, ROC_MIN_FPR), tpr, "o", color=color, markeredgecolor="black",
+                      label=f"threshold {cut:.4g}: FPR {fpr:.2%}, TPR {tpr:.2%}")
+    if baseline_scores is not None:
+        fpr, tpr = _rates(np.asarray(baseline_scores) > 0.5, labels)
+        axis.plot(max(fpr, ROC_MIN_FPR), tpr, "s", color="tab:orange", label="count-vector baseline")
+    axis.set(xlabel="false-positive rate (log)", ylabel="true-positive rate", title="ROC", ylim=(0, 1.02),
+             xscale="log", xlim=(ROC_MIN_FPR, 1))
+    written = [_save(figure, axis, output_dir / "roc.png")]
 
-    # The ROC's x axis is logarithmic: the operating points that matter are at false-positive rates of 0.1%.
-    # The baseline flags yes/no: its curve has one real point, after roc_curve's leading (0, 0) and before
-    # precision_recall_curve's closing (recall 0, precision 1).
-    curves = (("roc.png", "ROC", "false-positive rate (log)", "true-positive rate", "lower right",
-               lambda values: roc_curve(labels, values, drop_intermediate=False)[:2],
-               {"xscale": "log", "xlim": (1e-4, 1)}, 1),
-              ("precision_recall.png", "Precision-recall", "recall", "precision", "lower left",
-               lambda values: precision_recall_curve(labels, values)[1::-1], {}, -2))
-    for file_name, title, x_label, y_label, legend_place, points, axis_settings, baseline_point in curves:
-        figure, axis = plt.subplots(figsize=(5, 5))
-        axis.plot(*points(finite), label="LogBERT")
-        if baseline_scores is not None:
-            x, y = points(baseline_scores)
-            axis.plot(x[baseline_point], y[baseline_point], "o", color="tab:orange", label="count-vector baseline")
-        axis.set(xlabel=x_label, ylabel=y_label, title=title, ylim=(0, 1.02), **axis_settings)
-        axis.legend(loc=legend_place)
-        figure.tight_layout()
-        figure.savefig(output_dir / file_name, dpi=120)
-        written.append(str(output_dir / file_name))
-        plt.close(figure)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for name, values, _, color in detectors:
+        precision, recall, _ = precision_recall_curve(labels, values)
+        area = f" (AUPRC {average_precision_score(labels, values):.4f})" if labels.any() else ""
+        axis.plot(recall, precision, color=color, label=name + area)
+    if baseline_scores is not None:  # the baseline flags yes/no: one point
+        flagged = np.asarray(baseline_scores) > 0.5
+        true_positives = np.sum(flagged & (labels == 1))
+        axis.plot(true_positives / max(labels.sum(), 1), true_positives / max(flagged.sum(), 1), "s",
+                  color="tab:orange", label="count-vector baseline")
+    axis.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
+    written.append(_save(figure, axis, output_dir / "precision_recall.png"))
 
+    finite = detectors[0][1]
     figure, axis = plt.subplots(figsize=(6, 4))
     bins = np.linspace(finite.min(), finite.max(), 60) if finite.max() > finite.min() else 10
     axis.hist(finite[labels == 0], bins=bins, alpha=0.6, label="normal", density=True)
     axis.hist(finite[labels == 1], bins=bins, alpha=0.6, label="anomalous", density=True)
     axis.axvline(threshold, color="black", linestyle=":", label="threshold")
     axis.set(xlabel="anomaly score", ylabel="density", title="Score distribution", yscale="log")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(output_dir / "score_histogram.png", dpi=120)
-    written.append(str(output_dir / "score_histogram.png"))
-    plt.close(figure)
+    written.append(_save(figure, axis, output_dir / "score_histogram.png"))
     return written
+
+
+ROC_MIN_FPR = 1e-4  # the left edge of the ROC's logarithmic axis
+
+
+def _finite(values) -> np.ndarray:
+    """Scores with NaN/inf replaced by the highest finite score, so that the curves can be drawn."""
+    values = np.asarray(values, dtype=float)
+    ok = np.isfinite(values)
+    return np.where(ok, values, values[ok].max() if ok.any() else 0.0)
+
+
+def _rates(flagged: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(false-positive rate, true-positive rate) of yes/no verdicts; 0 for a class that is absent."""
+    normal, anomalous = labels == 0, labels == 1
+    return (float(flagged[normal].mean()) if normal.any() else 0.0,
+            float(flagged[anomalous].mean()) if anomalous.any() else 0.0)
+
+
+def _save(figure, axis, path: Path) -> str:
+    """Save with the legend under the axes, where it hides no curve and no operating point."""
+    import matplotlib.pyplot as plt
+
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return str(path)
 
 
 def expand_inputs(patterns: list[str] | None, what: str) -> list[str]:
