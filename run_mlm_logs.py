@@ -22,10 +22,10 @@ from transformers import set_seed
 
 from logbert.callbacks import (BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError,
                                ReproducibleResumeCallback)
+from logbert.calibration import calibrate_model_folder, calibration_sessions, known_count_vector_keys
 from logbert.collator import build_training_collator, mask_for_evaluation
 from logbert.config import ConfigError, parse_args, resolved_config
 from logbert.data import EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections
-from logbert.calibration import calibrate_model_folder, calibration_sessions, known_count_vector_keys
 from logbert.export import find_latest_checkpoint, save_model_folder
 from logbert.hub import HubError, keep_trainer_from_pushing, push_model_folder
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics

@@ -71,8 +71,8 @@ def tune_threshold_on_dev(detector, sessions: list, labels: list[int]) -> dict[s
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     """The session score that, as a threshold (flag `score > threshold`), gives the highest F1 on these labels.
 
-    Candidates are the distinct scores, as before; ties in F1 go to the lowest threshold. One sort
-    (precision_recall_curve), not one pass over the scores per candidate.
+    Candidates are the distinct scores; equal F1 goes to the lowest of them. One sort (precision_recall_curve),
+    O(n log n), not one pass over the scores per candidate.
     """
     from sklearn.metrics import precision_recall_curve
 

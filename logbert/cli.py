@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from transformers import HfArgumentParser
 
-from .data import DataError, Rejection, write_rejections
 from .calibration import apply_scoring_config, calibrate, tune_threshold_on_dev
+from .data import DataError, Rejection, write_rejections
 from .evaluation import CountVectorBaseline, detection_metrics, expand_inputs, iter_sessions, score_stream, write_plots
 from .export import write_model_card
 

@@ -184,10 +184,10 @@ def build_model_card(directory: str | os.PathLike, metrics: dict[str, Any] | Non
     reported = {key: value for key, value in detection.items()
                 if key in CARD_METRICS and isinstance(value, (int, float)) and math.isfinite(value)}
     if reported:
-        counts = f"{detection.get('test_normal', '?')} normal + {detection.get('test_anomalous', '?')} anomalous sessions"
+        counts = f"{detection.get('test_normal', '?')} normal + {detection.get('test_anomalous', '?')} anomalous"
         eval_results = [EvalResult(task_type="log-anomaly-detection", task_name="Log anomaly detection",
                                    dataset_type=datasets[0] if datasets else "log-sessions",
-                                   dataset_name=f"test sessions ({counts})", dataset_split="test",
+                                   dataset_name=f"test sessions ({counts} sessions)", dataset_split="test",
                                    metric_type=CARD_METRICS[key], metric_name=key, metric_value=round(float(value), 6),
                                    metric_config=detection.get("score_name"))
                         for key, value in reported.items()]
@@ -279,7 +279,8 @@ def _explain_threshold(config: dict[str, Any], known_normal_gate: bool) -> str:
                   f"{fpr:g} of them is above it (the target false-positive rate).")
     else:
         origin = f"It maximises F1 on a labelled development set of {sessions} sessions."
-    text = f"A session is flagged when its {score} is strictly above `anomaly_threshold` = {threshold:.6g}. {origin}{gate}"
+    text = f"A session is flagged when its {score} is strictly above `anomaly_threshold` = {threshold:.6g}. "
+    text += origin + gate
     if known_normal_gate and threshold == 0:
         model_only = config.get("model_only_threshold")
         text += (" **A threshold of 0 means** that every calibration session had an event multiset already seen in "
