@@ -192,7 +192,8 @@ def build_model_card(directory: str | os.PathLike, metrics: dict[str, Any] | Non
                                    metric_config=detection.get("score_name"))
                         for key, value in reported.items()]
     card_data = ModelCardData(library_name="transformers", pipeline_tag="fill-mask", tags=CARD_TAGS,
-                              datasets=datasets, model_name=model_name, eval_results=eval_results,
+                              datasets=datasets, model_name=model_name if eval_results else None,
+                              eval_results=eval_results,
                               metrics=sorted({CARD_METRICS[key] for key in reported}) or None)
 
     model_rows = {k: config.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",

@@ -58,7 +58,7 @@ def test_model_card_explains_a_zero_threshold(tmp_path):
 
 def test_model_card_explains_a_calibrated_threshold_and_has_no_model_index_without_test_metrics(tmp_path):
     card = ModelCard.load(write_model_card(_model_folder(tmp_path / "model", 2.5, detection=False)))
-    assert card.data.eval_results is None and "model-index" not in str(card)
+    assert card.data.eval_results is None and "model-index" not in str(card) and "model_name" not in str(card)
     assert "strictly above `anomaly_threshold` = 2.5" in card.text and "target false-positive rate" in card.text
     assert "A threshold of 0 means" not in card.text
 
