@@ -18,17 +18,19 @@ import transformers
 from huggingface_hub import errors as hub_errors
 from transformers import set_seed
 
-from logbert.callbacks import BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError
+from logbert.calibration import calibrate_model_folder, calibration_sessions, known_count_vector_keys
+from logbert.callbacks import (BestModelExportCallback, GracefulStopCallback, NonFiniteLossCallback, NonFiniteLossError,
+                               ReadableCheckpointCallback)
 from logbert.collator import build_training_collator, mask_for_evaluation
 from logbert.config import ConfigError, parse_args, resolved_config
 from logbert.console import configure_logging, log_to_file, print_error
 from logbert.data import EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections
-from logbert.evaluation import apply_scoring_config, calibrate, known_count_vector_keys
-from logbert.export import save_model_folder, write_model_card
-from logbert.hub import HubError, push_model_folder
+from logbert.export import save_model_folder
+from logbert.hub import HubError, keep_trainer_from_pushing, push_model_folder
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from logbert.model import build_model
 from logbert.pipeline import KNOWN_COUNT_VECTORS_FILE, write_known_count_vectors
+from logbert.prepare.templates import copy_parser_state, find_parser_state
 from logbert.resume import (ResumeError, check_checkpoint_fits, checkpoint_tokenizer_path, prepare_output_dir,
                             resolve_checkpoint)
 from logbert.tokenizer import (build_event_tokenizer, build_token_id_tokenizer, count_events, most_frequent_event_id,
@@ -99,18 +101,25 @@ def main(argv: list[str] | None = None) -> int:
         path = write_rejections(corpus.rejected, output_dir)
         logger.warning("%d bad records were skipped; each is in %s with its reason.", len(corpus.rejected), path)
 
+    # Data made by `logbert prepare` carries its log parser: it travels with the model, so that `logbert detect`
+    # needs only the model folder.
+    parser_state = find_parser_state(data_args.data_dir, corpus.train_files)
+
     # ---- Model ------------------------------------------------------------------------------------------------------
     model = build_model(model_args, tokenizer, corpus.kind)
 
     def export(model_to_save, subdirectory: str | None, metrics: dict | None = None) -> None:
         directory = os.path.join(output_dir, subdirectory) if subdirectory else output_dir
         save_model_folder(model_to_save, tokenizer, directory, training_config, metrics, data_summary)
+        if parser_state:
+            copy_parser_state(parser_state, directory)
 
     # ---- Trainer ----------------------------------------------------------------------------------------------------
     do_eval = training_args.do_eval and eval_dataset is not None and len(eval_dataset) > 0
     if not do_eval:
         training_args.eval_strategy = "no"
     max_k = max(training_args.top_k)
+    keep_trainer_from_pushing(training_args)  # the exported folder is pushed once, at the end (logbert/hub.py)
     trainer = LogBertTrainer(
         model=model,
         args=training_args,
@@ -123,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         preprocess_logits_for_metrics=lambda logits, labels: preprocess_logits_for_metrics(logits, labels, max_k),
         # GracefulStopCallback before NonFiniteLossCallback, so that the weights are checked on a SIGTERM save too.
         callbacks=[BestModelExportCallback(export), GracefulStopCallback(),
-                   NonFiniteLossCallback(training_args.nan_loss_patience)],
+                   NonFiniteLossCallback(training_args.nan_loss_patience), ReadableCheckpointCallback()],
     )
     stopper = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, GracefulStopCallback))
     try:
@@ -186,7 +195,9 @@ def train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus,
     if do_eval and (normal_sessions := calibration_sessions(corpus.validation, corpus.kind,
                                                             scoring_args.calibration_max_sessions)):
         for directory in directories:
-            settings = calibrate_model_folder(directory, normal_sessions, scoring_args, str(training_args.device))
+            settings = calibrate_model_folder(directory, normal_sessions, scoring_args.threshold_target_fpr,
+                                              scoring_args.score_name, scoring_args.num_candidates,
+                                              str(training_args.device))
             logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
                         directory, settings["anomaly_threshold"], settings["score_name"],
                         settings["threshold_target_fpr"], settings["calibration_sessions"])
@@ -196,7 +207,8 @@ def train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus,
     logger.info("Final model in %s; best model (by eval loss) in %s", output_dir,
                 os.path.join(output_dir, "best_model"))
     if training_args.push_to_hub:  # the folder as it is on disk: model, tokenizer, threshold, code, card
-        push_model_folder(output_dir, training_args.hub_model_id or os.path.basename(os.path.abspath(output_dir)),
+        push_model_folder(output_dir, trainer.hub_model_id or training_args.hub_model_id
+                          or os.path.basename(os.path.abspath(output_dir)),
                           token=training_args.hub_token, private=bool(training_args.hub_private_repo))
     return 0
 
@@ -208,25 +220,6 @@ def warn_if_below_baseline(eval_metrics: dict) -> None:
         logger.warning("!! The model predicts masked events WORSE than always guessing the most frequent event "
                        "(eval accuracy %.4f < baseline %.4f): it has not learnt the logs. Its anomaly scores mean "
                        "little; train longer or raise --learning_rate.", accuracy, baseline)
-
-
-def calibration_sessions(dataset, kind: str, limit: int) -> list:
-    """Held-out sessions known or assumed normal (label != 1), in the form the scoring pipeline takes."""
-    rows = dataset.select(range(min(len(dataset), limit)))
-    sessions = rows["event_ids"] if kind == EVENTS_KIND else [{"token_ids": ids} for ids in rows["input_ids"]]
-    return [session for session, label in zip(sessions, rows["label"]) if label != 1]
-
-
-def calibrate_model_folder(directory: str, normal_sessions: list, scoring_args, device: str) -> dict:
-    """Score the normal sessions with the exported model and store the threshold in its config.json."""
-    from logbert.cli import load_detector
-
-    detector = load_detector(directory, device=device)
-    settings = calibrate(detector, normal_sessions, scoring_args.threshold_target_fpr, scoring_args.score_name,
-                         scoring_args.num_candidates)
-    apply_scoring_config(directory, settings)
-    write_model_card(directory)
-    return settings
 
 
 def cli(argv: list[str] | None = None) -> int:

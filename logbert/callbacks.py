@@ -7,10 +7,11 @@ from __future__ import annotations
 import logging
 import math
 import signal
+from pathlib import Path
 
 from transformers import TrainerCallback
 
-from .export import non_finite_parameters
+from .export import make_files_readable, non_finite_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -128,3 +129,16 @@ class GracefulStopCallback(TrainerCallback):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
             self._previous = None
+
+
+class ReadableCheckpointCallback(TrainerCallback):
+    """Checkpoint files readable by the group and others (as the umask allows), like every other file we write.
+
+    safetensors saves through a private temporary file that it renames, so `model.safetensors` would stay 0600.
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if checkpoint.is_dir():
+                make_files_readable(checkpoint)

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from transformers import HfArgumentParser
 
+from .calibration import apply_scoring_config, calibrate, tune_threshold_on_dev
 from .data import DataError, Rejection, write_rejections
+from .evaluation import CountVectorBaseline, detection_metrics, expand_inputs, iter_sessions, score_stream, write_plots
 from .export import write_model_card
-from .evaluation import (CountVectorBaseline, apply_scoring_config, calibrate, detection_metrics, expand_inputs,
-                         iter_sessions, score_stream, tune_threshold_on_dev, write_plots)
 
 logger = logging.getLogger("logbert")
 
@@ -265,7 +265,9 @@ def _evaluate(args: EvaluateArguments) -> int:
             if baseline_scores is not None:
                 row["count_vector_baseline_anomaly"] = bool(baseline_scores[index] > 0.5)
             handle.write(json.dumps(row) + "\n")
-    plots = write_plots(output_dir, scores, labels, threshold, baseline_scores)
+    model_scores = [r["model_score"] for r in results] if report["known_normal_gate"] else None
+    plots = write_plots(output_dir, scores, labels, threshold, baseline_scores, model_scores,
+                        model_only_threshold if args.threshold is None else None)
     model_dir = Path(args.model)
     if (model_dir / "config.json").exists() and os.access(model_dir, os.W_OK):
         # The model card reports detection quality once it has been measured.

@@ -1,11 +1,8 @@
-"""Detection on files: label-free threshold calibration, the count-vector baseline, the evaluation report."""
+"""Detection on files: reading and scoring test sessions, the count-vector baseline, the evaluation report."""
 
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -16,13 +13,8 @@ from tqdm.auto import tqdm
 
 from .data import DataError, Rejection, _check_label, expand_data_files, iter_file_records
 from .metrics import load_metric
-from .scoring import calibrate_threshold, count_vector_key
 
 logger = logging.getLogger(__name__)
-
-# Scoring settings stored in config.json next to the weights, read by the pipeline by default.
-SCORING_CONFIG_KEYS = ("anomaly_threshold", "model_only_threshold", "threshold_target_fpr", "score_name",
-                       "num_candidates", "calibration_sessions")
 
 
 def iter_sessions(paths: Iterable[str], skip_bad_records: bool = False,
@@ -81,88 +73,6 @@ def score_stream(detector, sessions: Iterable[tuple[str, int, Any, int]], chunk_
     progress.close()
 
 
-def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: str | None = None,
-              num_candidates: int | None = None) -> dict[str, Any]:
-    """Threshold from held-out normal sessions at a target false-positive rate; no label is needed.
-
-    Returns the scoring settings to store in the model's config.json: `anomaly_threshold` for the pipeline's
-    `anomaly_score` (known-normal gate included when the model has one) and `model_only_threshold` for
-    `model_score`, the model alone, which the evaluation report shows beside it.
-    """
-    results = detector.score(normal_sessions, return_events=False, score_name=score_name,
-                             num_candidates=num_candidates, threshold=float("inf"))
-    scores = np.array([r["anomaly_score"] for r in results])
-    threshold = calibrate_threshold(scores, target_fpr)
-    model_only_threshold = calibrate_threshold(np.array([r["model_score"] for r in results]), target_fpr)
-    if all(r["known_count_vector"] for r in results):  # None (no gate) is falsy
-        logger.warning(
-            "Every one of the %d calibration sessions has an event multiset known from training, so the known-normal "
-            "gate scores them all 0 and the threshold is 0: every session with a new multiset will be flagged (the "
-            "count-vector baseline). The model's own threshold (model_only_threshold) is %.4g.",
-            len(results), model_only_threshold)
-    if target_fpr * len(scores) < 1:
-        logger.warning(
-            "A false-positive rate of %g cannot be estimated from %d normal sessions: the threshold is their highest "
-            "score, so one unusual normal session sets it. Hold out more sessions (at least %d) or raise the target.",
-            target_fpr, len(scores), int(np.ceil(1 / target_fpr)) if target_fpr > 0 else 0)
-    return {
-        "anomaly_threshold": threshold,
-        "model_only_threshold": model_only_threshold,
-        "threshold_target_fpr": target_fpr,
-        "score_name": results[0]["score_name"],
-        "num_candidates": num_candidates or getattr(detector.model.config, "num_candidates", None) or 5,
-        "calibration_sessions": len(scores),
-    }
-
-
-def tune_threshold_on_dev(detector, sessions: list, labels: list[int]) -> dict[str, Any]:
-    """Threshold that maximises F1 on a labelled development set (never the test set)."""
-    results = detector.score(sessions, return_events=False, threshold=float("inf"))
-    scores, labels = np.array([r["anomaly_score"] for r in results]), np.asarray(labels)
-    if not (labels == 1).any() or not (labels == 0).any():
-        raise ValueError("a development set needs both normal and anomalous sessions")
-    model_scores = np.array([r["model_score"] for r in results])
-    return {"anomaly_threshold": _best_f1_threshold(scores, labels),
-            "model_only_threshold": _best_f1_threshold(model_scores, labels),
-            "threshold_target_fpr": None, "score_name": results[0]["score_name"],
-            "num_candidates": getattr(detector.model.config, "num_candidates", None) or 5,
-            "calibration_sessions": len(scores)}
-
-
-def _best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    return float(max(np.unique(scores), key=lambda t: _f1(scores > t, labels)))
-
-
-def _f1(flagged: np.ndarray, labels: np.ndarray) -> float:
-    tp = np.sum(flagged & (labels == 1))
-    return 2 * tp / (np.sum(flagged) + np.sum(labels == 1)) if tp else 0.0
-
-
-def apply_scoring_config(model_dir: str | os.PathLike, settings: dict[str, Any]) -> None:
-    """Write scoring settings into config.json (what `from_pretrained` and the pipeline read)."""
-    path = Path(model_dir) / "config.json"
-    config = json.loads(path.read_text())
-    config.update({k: v for k, v in settings.items() if k in SCORING_CONFIG_KEYS})
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-
-
-def known_count_vector_keys(dataset, tokenizer) -> set[int]:
-    """Fingerprints of the event multisets of a tokenized dataset's sessions ([CLS]/[SEP]/[PAD] left out).
-
-    Reads the `input_ids` column through Arrow, a batch at a time: no Python list per session.
-    """
-    framing = np.array([tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id])
-    keys = set()
-    for batch in dataset.select_columns(["input_ids"]).with_format("arrow").iter(batch_size=65536):
-        for chunk in batch.column("input_ids").chunks:
-            offsets = chunk.offsets.to_numpy()
-            values = chunk.values.to_numpy(zero_copy_only=False)
-            for start, end in itertools.pairwise(offsets):
-                ids = values[start:end]
-                keys.add(count_vector_key(ids[~np.isin(ids, framing)]))
-    return keys
-
-
 def event_count_vector(session: Any) -> tuple:
     """The multiset of a session's events, order ignored (Landauer et al., FSE'24)."""
     if isinstance(session, dict):
@@ -192,50 +102,100 @@ def detection_metrics(scores, labels, threshold: float, projected_normal_count: 
 
 
 def write_plots(output_dir: Path, scores: np.ndarray, labels: np.ndarray, threshold: float,
-                baseline_scores: np.ndarray | None = None) -> list[str]:
-    """ROC and precision-recall curves, and score histograms of normal against anomalous sessions (PNG)."""
+                baseline_scores: np.ndarray | None = None, model_scores: np.ndarray | None = None,
+                model_threshold: float | None = None) -> list[str]:
+    """ROC and precision-recall curves, and score histograms of normal against anomalous sessions (PNG).
+
+    Args:
+        scores: (N,) `anomaly_score`s, the known-normal gate included when the model has one.
+        labels: (N,) 1 anomalous, 0 normal.
+        threshold: the threshold in use (a session is flagged when its score is above it), marked on the ROC.
+        baseline_scores: (N,) 0/1 verdicts of the count-vector baseline, drawn as its one operating point.
+        model_scores: (N,) `model_score`s, the model without the gate, drawn beside the gated curve;
+            `model_threshold` is its own operating point.
+    Returns:
+        The paths written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-    from .metrics.anomaly_detection.anomaly_detection import precision_recall_points, roc_points
+    labels = np.asarray(labels)
+    both_classes = 0 < labels.sum() < len(labels)
+    detectors = [("LogBERT + known-normal gate" if model_scores is not None else "LogBERT", _finite(scores), threshold,
+                  "tab:blue")]
+    if model_scores is not None:
+        detectors.append(("LogBERT model alone", _finite(model_scores), model_threshold, "tab:green"))
 
-    written = []
-    finite = np.where(np.isfinite(scores), scores, np.nanmax(scores[np.isfinite(scores)]) if np.isfinite(
-        scores).any() else 0)
+    # The ROC's x axis is logarithmic: the operating points that matter are at false-positive rates of 0.1%; a
+    # false-positive rate of 0 is drawn at the axis' left edge.
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for name, values, cut, color in detectors:
+        false_positive_rate, true_positive_rate, _ = roc_curve(labels, values, drop_intermediate=False)
+        area = f" (AUROC {roc_auc_score(labels, values):.4f})" if both_classes else ""
+        axis.plot(false_positive_rate, true_positive_rate, color=color, label=name + area)
+        if cut is not None:
+            fpr, tpr = _rates(values > cut, labels)
+            axis.plot(max(fpr, ROC_MIN_FPR), tpr, "o", color=color, markeredgecolor="black",
+                      label=f"threshold {cut:.4g}: FPR {fpr:.2%}, TPR {tpr:.2%}")
+    if baseline_scores is not None:
+        fpr, tpr = _rates(np.asarray(baseline_scores) > 0.5, labels)
+        axis.plot(max(fpr, ROC_MIN_FPR), tpr, "s", color="tab:orange", label="count-vector baseline")
+    axis.set(xlabel="false-positive rate (log)", ylabel="true-positive rate", title="ROC", ylim=(0, 1.02),
+             xscale="log", xlim=(ROC_MIN_FPR, 1))
+    written = [_save(figure, axis, output_dir / "roc.png")]
 
-    # The ROC's x axis is logarithmic: the operating points that matter are at false-positive rates of 0.1%.
-    # The baseline flags yes/no: its curve has one real point, the first after roc_points' leading (0, 0).
-    curves = (("roc.png", "ROC", "false-positive rate (log)", "true-positive rate", "lower right",
-               lambda values: roc_points(values, labels)[:2], {"xscale": "log", "xlim": (1e-4, 1)}, 1),
-              ("precision_recall.png", "Precision-recall", "recall", "precision", "lower left",
-               lambda values: precision_recall_points(values, labels)[::-1], {}, 0))
-    for file_name, title, x_label, y_label, legend_place, points, axis_settings, baseline_point in curves:
-        figure, axis = plt.subplots(figsize=(5, 5))
-        axis.plot(*points(finite), label="LogBERT")
-        if baseline_scores is not None:
-            x, y = points(baseline_scores)
-            axis.plot(x[baseline_point], y[baseline_point], "o", color="tab:orange", label="count-vector baseline")
-        axis.set(xlabel=x_label, ylabel=y_label, title=title, ylim=(0, 1.02), **axis_settings)
-        axis.legend(loc=legend_place)
-        figure.tight_layout()
-        figure.savefig(output_dir / file_name, dpi=120)
-        written.append(str(output_dir / file_name))
-        plt.close(figure)
+    figure, axis = plt.subplots(figsize=(5, 5))
+    for name, values, _, color in detectors:
+        precision, recall, _ = precision_recall_curve(labels, values)
+        area = f" (AUPRC {average_precision_score(labels, values):.4f})" if labels.any() else ""
+        axis.plot(recall, precision, color=color, label=name + area)
+    if baseline_scores is not None:  # the baseline flags yes/no: one point
+        flagged = np.asarray(baseline_scores) > 0.5
+        true_positives = np.sum(flagged & (labels == 1))
+        axis.plot(true_positives / max(labels.sum(), 1), true_positives / max(flagged.sum(), 1), "s",
+                  color="tab:orange", label="count-vector baseline")
+    axis.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
+    written.append(_save(figure, axis, output_dir / "precision_recall.png"))
 
+    finite = detectors[0][1]
     figure, axis = plt.subplots(figsize=(6, 4))
     bins = np.linspace(finite.min(), finite.max(), 60) if finite.max() > finite.min() else 10
     axis.hist(finite[labels == 0], bins=bins, alpha=0.6, label="normal", density=True)
     axis.hist(finite[labels == 1], bins=bins, alpha=0.6, label="anomalous", density=True)
     axis.axvline(threshold, color="black", linestyle=":", label="threshold")
     axis.set(xlabel="anomaly score", ylabel="density", title="Score distribution", yscale="log")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(output_dir / "score_histogram.png", dpi=120)
-    written.append(str(output_dir / "score_histogram.png"))
-    plt.close(figure)
+    written.append(_save(figure, axis, output_dir / "score_histogram.png"))
     return written
+
+
+ROC_MIN_FPR = 1e-4  # the left edge of the ROC's logarithmic axis
+
+
+def _finite(values) -> np.ndarray:
+    """Scores with NaN/inf replaced by the highest finite score, so that the curves can be drawn."""
+    values = np.asarray(values, dtype=float)
+    ok = np.isfinite(values)
+    return np.where(ok, values, values[ok].max() if ok.any() else 0.0)
+
+
+def _rates(flagged: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(false-positive rate, true-positive rate) of yes/no verdicts; 0 for a class that is absent."""
+    normal, anomalous = labels == 0, labels == 1
+    return (float(flagged[normal].mean()) if normal.any() else 0.0,
+            float(flagged[anomalous].mean()) if anomalous.any() else 0.0)
+
+
+def _save(figure, axis, path: Path) -> str:
+    """Save with the legend under the axes, where it hides no curve and no operating point."""
+    import matplotlib.pyplot as plt
+
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+    return str(path)
 
 
 def expand_inputs(patterns: list[str] | None, what: str) -> list[str]:

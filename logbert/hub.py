@@ -1,4 +1,12 @@
-"""Publishing a model folder to the Hugging Face hub, with errors a user can act on."""
+"""Publishing a model folder to the Hugging Face hub, with errors a user can act on.
+
+With `--push_to_hub` a training run uploads once, at the end: the exported folder (model, tokenizer, calibrated
+threshold, pipeline code, model card) through `push_model_folder`. The Trainer's own pushes are turned off
+(`hub_strategy="end"`, and the script never calls `trainer.save_model()`/`push_to_hub()`): at every save it would
+upload OUTPUT_DIR with the checkpoint's weights and config but no threshold, and `Trainer.push_to_hub()` would
+replace our model card with its draft. The Trainer still creates the repository at start, so a missing token or
+network fails before training, not after it.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +17,24 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 # Only the exported model travels: checkpoints and run logs stay local.
-PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "best_model/**", "*.tmp", "rejected_records.jsonl"]
+PUSH_IGNORE = ["checkpoint-*", "checkpoint-*/**", "runs/**", "best_model/**", "*.tmp", "*.tmp/**", "*.old/**",
+               "rejected_records.jsonl", "training_args.bin"]
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "pipeline.py", "scoring.py", "README.md")
 
 
 class HubError(RuntimeError):
     """The hub could not be reached or refused the upload; the message says what to do."""
+
+
+def keep_trainer_from_pushing(training_args) -> None:
+    """Turn the Trainer's hub pushes off (see the module docstring); the run pushes its exported folder once."""
+    from transformers.trainer_utils import HubStrategy
+
+    if training_args.push_to_hub and training_args.hub_strategy != HubStrategy.END:
+        if training_args.hub_strategy != HubStrategy.EVERY_SAVE:  # not the default: the user asked for it
+            logger.warning("--hub_strategy %s is ignored: the exported model folder is pushed once, at the end.",
+                           training_args.hub_strategy.value)
+        training_args.hub_strategy = HubStrategy.END
 
 
 def push_model_folder(folder: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,

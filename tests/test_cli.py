@@ -152,7 +152,7 @@ def test_calibrate_sets_the_threshold_from_normal_sessions_or_a_dev_set(trained_
 def test_calibration_with_every_session_known_warns_and_keeps_the_model_threshold(caplog):
     from types import SimpleNamespace
 
-    from logbert.evaluation import calibrate
+    from logbert.calibration import calibrate
 
     class AllKnown:  # what the pipeline returns when the gate knows every calibration session
         model = SimpleNamespace(config=SimpleNamespace(num_candidates=5))
@@ -161,7 +161,7 @@ def test_calibration_with_every_session_known_warns_and_keeps_the_model_threshol
             return [{"anomaly_score": 0.0, "model_score": float(i), "known_count_vector": True,
                      "score_name": "next_max_nll"} for i, _ in enumerate(sessions)]
 
-    with caplog.at_level("WARNING", logger="logbert.evaluation"):
+    with caplog.at_level("WARNING", logger="logbert.calibration"):
         settings = calibrate(AllKnown(), [["5"]] * 10, target_fpr=0.1)
     assert settings["anomaly_threshold"] == 0.0
     assert settings["model_only_threshold"] == 8.0  # one of the ten (score 9) above it

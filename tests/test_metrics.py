@@ -66,3 +66,90 @@ def test_perfect_separation_has_unit_auroc_and_auprc():
     metric = load_metric("anomaly_detection")
     result = metric.compute(predictions=[0.1, 0.2, 0.8, 0.9], references=[0, 0, 1, 1], threshold=0.5)
     assert result["auroc"] == 1.0 and result["auprc"] == 1.0 and result["f1"] == 1.0
+
+
+# ---- Detection metrics: scikit-learn inside the module, same numbers as the hand-written code it replaced ----------
+
+def _hdfs_like_scores():
+    """24,000 sessions like the HDFS test set scored with the known-normal gate: most normal scores exactly 0."""
+    rng = np.random.default_rng(0)
+    normal = np.where(rng.random(20000) < 0.9, 0.0, np.round(rng.gamma(2, 1, 20000), 1))
+    abnormal = np.where(rng.random(4000) < 0.05, 0.0, np.round(rng.gamma(4, 1.5, 4000), 1))
+    order = rng.permutation(24000)
+    return np.r_[normal, abnormal][order], np.r_[np.zeros(20000, int), np.ones(4000, int)][order]
+
+
+def _pairwise_auroc(scores, labels):
+    """The Mann-Whitney definition, pair by pair: a tie counts half."""
+    positive, negative = scores[labels == 1][:, None], scores[labels == 0][None, :]
+    return float(((positive > negative) + 0.5 * (positive == negative)).mean())
+
+
+def _average_precision(scores, labels):
+    """Precision at each distinct threshold, weighted by the recall it adds (the step-wise AUPRC)."""
+    area, previous_recall = 0.0, 0.0
+    for cut in np.unique(scores)[::-1]:
+        flagged = scores >= cut
+        true_positives = np.sum(flagged & (labels == 1))
+        recall = true_positives / labels.sum()
+        area += (recall - previous_recall) * true_positives / flagged.sum()
+        previous_recall = recall
+    return area
+
+
+def test_ties_at_the_threshold_are_not_flagged():
+    metric = load_metric("anomaly_detection")
+    scores, labels = [0.0, 0.0, 1.0, 1.0, 2.0, 0.0], [0, 1, 1, 0, 1, 0]
+    result = metric.compute(predictions=scores, references=labels, threshold=1.0)
+    assert (result["tp"], result["fp"], result["tn"], result["fn"]) == (1, 0, 3, 2)  # only the 2.0 is flagged
+    assert (result["precision"], result["recall"], result["f1"], result["fpr"]) == (1.0, pytest.approx(1 / 3),
+                                                                                    pytest.approx(0.5), 0.0)
+    assert result["auroc"] == pytest.approx(6.5 / 9)  # by hand: 3 + 2.5 + 1 of 9 pairs
+    assert result["auprc"] == pytest.approx((1 + 2 / 3 + 1 / 2) / 3)  # recall steps of 1/3 at precision 1, 2/3, 1/2
+
+
+def test_threshold_zero_flags_every_positive_score():
+    # the known-normal gate with every calibration session known: threshold 0, any new multiset is flagged
+    metric = load_metric("anomaly_detection")
+    result = metric.compute(predictions=[0.0, 0.0, 0.0, 3.0, 0.5], references=[0, 0, 1, 1, 0], threshold=0.0,
+                            projected_normal_count=1000)
+    assert (result["tp"], result["fp"], result["tn"], result["fn"]) == (1, 1, 2, 1)
+    assert result["auroc"] == pytest.approx(4 / 6) and result["auprc"] == pytest.approx(0.7)
+    assert result["projected_false_positives"] == pytest.approx(1000 / 3)
+    assert result["projected_f1"] == pytest.approx(2 * (1 / (1 + 1000 / 3)) * 0.5 / (1 / (1 + 1000 / 3) + 0.5))
+
+
+def test_one_class_gives_nan_areas_and_zero_rates_not_an_error():
+    metric = load_metric("anomaly_detection")
+    normal_only = metric.compute(predictions=[0.1, 0.7], references=[0, 0], threshold=0.5)
+    assert math.isnan(normal_only["auroc"]) and math.isnan(normal_only["auprc"])
+    assert normal_only["precision"] == 0.0 and normal_only["recall"] == 0.0 and normal_only["fpr"] == 0.5
+    nothing_flagged = metric.compute(predictions=[1.0] * 6, references=[0, 1, 0, 1, 0, 0], threshold=1.0)
+    assert nothing_flagged["f1"] == 0.0 and nothing_flagged["auroc"] == 0.5
+    assert nothing_flagged["auprc"] == pytest.approx(1 / 3)
+
+
+def test_hdfs_like_scores_with_heavy_ties_match_the_definitions_and_the_previous_figures():
+    scores, labels = _hdfs_like_scores()
+    assert np.mean(scores == 0) > 0.7  # heavy ties, as the known-normal gate gives
+    metric = load_metric("anomaly_detection")
+    result = metric.compute(predictions=scores.tolist(), references=labels.tolist(), threshold=2.0,
+                            projected_normal_count=553366)
+    flagged = scores > 2.0
+    tp, fp = np.sum(flagged & (labels == 1)), np.sum(flagged & (labels == 0))
+    assert (result["tp"], result["fp"]) == (tp, fp)
+    assert result["precision"] == pytest.approx(tp / (tp + fp)) and result["recall"] == pytest.approx(tp / 4000)
+    assert result["fpr"] == pytest.approx(fp / 20000)
+    assert result["auroc"] == pytest.approx(_pairwise_auroc(scores, labels), abs=1e-12)
+    assert result["auprc"] == pytest.approx(_average_precision(scores, labels), abs=1e-12)
+    # The figures the hand-written module gave on these scores, before scikit-learn (to the 4th decimal and beyond).
+    previous = {"precision": 0.824851, "recall": 0.8995, "f1": 0.860560, "fpr": 0.0382, "auroc": 0.963465,
+                "auprc": 0.910030, "projected_f1": 0.250413}
+    assert {key: round(result[key], 6) for key in previous} == previous
+
+
+def test_best_f1_threshold_on_hdfs_like_scores_is_the_one_trying_every_score_found():
+    from logbert.calibration import best_f1_threshold
+
+    scores, labels = _hdfs_like_scores()
+    assert best_f1_threshold(scores, labels) == 2.2  # what the per-candidate search returned on these scores

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import BertConfig, BertForMaskedLM, TrainerControl, TrainerState, TrainingArguments
 
 import run_mlm_logs
-from logbert import export
+from logbert import export, resume
 from logbert.callbacks import BestModelExportCallback, NonFiniteLossCallback, NonFiniteLossError
 from logbert.resume import SeededCollate, find_latest_checkpoint, is_complete_checkpoint
 from logbert.export import save_model_folder
@@ -138,7 +138,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint_to_identical_weights(t
     (half_written / "trainer_state.json").write_text('{"global_step": 20, "log_hist')
 
     resumed_from, loads = [], []
-    real_find, real_load = run_mlm_logs.find_latest_checkpoint, torch.load
+    real_find, real_load = resume.find_latest_checkpoint, torch.load
 
     def find(directory):
         resumed_from.append(real_find(directory))
@@ -148,7 +148,7 @@ def test_killed_run_resumes_from_last_complete_checkpoint_to_identical_weights(t
         loads.append((Path(file).name, kwargs.get("weights_only")))
         return real_load(file, *args, **kwargs)
 
-    monkeypatch.setattr(run_mlm_logs, "find_latest_checkpoint", find)
+    monkeypatch.setattr(resume, "find_latest_checkpoint", find)
     monkeypatch.setattr(torch, "load", load)
     assert run_mlm_logs.main(run_args(output_dir, cache_dir, "--resume_from_checkpoint")) == 0
 

@@ -148,3 +148,9 @@ def copy_parser_state(data_dir: str, model_dir: str) -> str | None:
     target = os.path.join(model_dir, PARSER_STATE_FILE)
     shutil.copyfile(source, target)
     return target
+
+
+def find_parser_state(data_dir: str | None, train_files: list[str]) -> str | None:
+    """The folder holding `logbert prepare`'s parser_state.json for this training data, or None (not prepared)."""
+    folders = [data_dir] if data_dir else sorted({os.path.dirname(os.path.abspath(path)) for path in train_files})
+    return next((folder for folder in folders if os.path.isfile(os.path.join(folder, PARSER_STATE_FILE))), None)

@@ -3,6 +3,7 @@
 import datasets
 import evaluate
 import numpy as np
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 _DESCRIPTION = """
 Detection quality of anomaly scores. `predictions` are session scores (higher = more anomalous), `references`
@@ -27,49 +28,6 @@ Examples:
 """
 
 
-def _cumulative_counts(scores, labels):
-    """Scores sorted high to low, cut at every distinct value: (true positives, flagged, labels, thresholds)."""
-    scores, labels = np.asarray(scores, float), np.asarray(labels, int)
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    distinct = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    return np.cumsum(labels)[distinct], distinct + 1, labels, scores[distinct]
-
-
-def roc_points(scores, labels):
-    """False- and true-positive rates at every distinct threshold, from the highest score down."""
-    tps, flagged, labels, thresholds = _cumulative_counts(scores, labels)
-    positives, negatives = max(labels.sum(), 1), max(len(labels) - labels.sum(), 1)
-    return np.r_[0, (flagged - tps) / negatives], np.r_[0, tps / positives], np.r_[np.inf, thresholds]
-
-
-def precision_recall_points(scores, labels):
-    """Precision and recall at every distinct threshold, from the highest score down."""
-    tps, flagged, labels, _ = _cumulative_counts(scores, labels)
-    return tps / flagged, tps / max(labels.sum(), 1)
-
-
-def _auroc(scores, labels):
-    scores, labels = np.asarray(scores, float), np.asarray(labels, int)
-    positives, negatives = labels.sum(), len(labels) - labels.sum()
-    if positives == 0 or negatives == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    # average ranks of ties, so a tie counts half
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_scores)) + 1]
-    ends = np.r_[starts[1:], len(scores)]
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + end + 1) / 2
-    return float((ranks[labels == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
-
-
-def _auprc(scores, labels):
-    precision, recall = precision_recall_points(scores, labels)
-    return float(np.sum(np.diff(np.r_[0, recall]) * precision)) if np.sum(labels) else float("nan")
-
-
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class AnomalyDetection(evaluate.Metric):
     def _info(self):
@@ -83,21 +41,23 @@ class AnomalyDetection(evaluate.Metric):
 
     def _compute(self, predictions, references, threshold, projected_normal_count=None):
         scores, labels = np.asarray(predictions, float), np.asarray(references, int)
-        flagged = scores > threshold
-        tp = int(np.sum(flagged & (labels == 1)))
-        fp = int(np.sum(flagged & (labels == 0)))
-        fn = int(np.sum(~flagged & (labels == 1)))
-        tn = int(np.sum(~flagged & (labels == 0)))
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
+        flagged = (scores > threshold).astype(int)  # strict: a score equal to the threshold is normal
+        tn, fp, fn, tp = (int(count) for count in confusion_matrix(labels, flagged, labels=[0, 1]).ravel())
+        # zero_division=0: nothing flagged (or no anomaly) gives precision (recall) 0, not a warning
+        precision, recall, f1, _ = precision_recall_fscore_support(labels, flagged, average="binary", pos_label=1,
+                                                                   zero_division=0.0)
+        precision, recall, f1 = float(precision), float(recall), float(f1)
         fpr = fp / (fp + tn) if fp + tn else 0.0
+        both_classes = 0 < labels.sum() < len(labels)
         result = {
             "precision": precision,
             "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "f1": f1,
             "fpr": fpr,
-            "auroc": _auroc(scores, labels),
-            "auprc": _auprc(scores, labels),
+            # AUROC counts a tie between a normal and an anomalous session as half a correct ordering; it and
+            # AUPRC are undefined (NaN) without both classes / without an anomaly.
+            "auroc": float(roc_auc_score(labels, scores)) if both_classes else float("nan"),
+            "auprc": float(average_precision_score(labels, scores)) if labels.sum() else float("nan"),
             "threshold": float(threshold),
             "tp": tp, "fp": fp, "tn": tn, "fn": fn,
         }
