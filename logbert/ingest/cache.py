@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .fast_json import parse_token_json_fast
+from .glibc_heap import heap_reused_across_files, keep_heap_in_worker
 from .records import DataError, Rejection
 from .validate import ParsedFile, ParseSettings, parse_records
 
@@ -165,7 +166,7 @@ def build_shards(files: list[str], settings: ParseSettings, cache_root: Path, ov
     workers = min(num_workers or 1, len(to_parse))
     if workers > 1:
         # Spawned, not forked: a fork of a process holding datasets' and torch's threads can deadlock.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=keep_heap_in_worker) as pool:
             futures = {pool.submit(build_shard, files[index], settings, cache_root, overwrite): index
                        for index in to_parse}
             _, pending = wait(futures, return_when=FIRST_EXCEPTION)
@@ -177,5 +178,6 @@ def build_shards(files: list[str], settings: ParseSettings, cache_root: Path, ov
                 raise errors[0][1]
             shards.update((futures[f], f.result()[0]) for f in futures)
     else:
-        shards.update((index, build_shard(files[index], settings, cache_root, overwrite)[0]) for index in to_parse)
+        with heap_reused_across_files():
+            shards.update((index, build_shard(files[index], settings, cache_root, overwrite)[0]) for index in to_parse)
     return [shards[index] for index in range(len(files))], len(to_parse)
