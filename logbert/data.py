@@ -241,17 +241,26 @@ def tokenize_events(dataset: Dataset, tokenizer, max_seq_length: int, cache_file
         input_ids = [[cls, *(vocab.get(event, unk) for event in events[:keep]), sep] for events in batch["event_ids"]]
         return {"input_ids": input_ids, "length": [len(ids) for ids in input_ids]}
 
-    if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-    return dataset.map(
-        encode,
-        batched=True,
-        batch_size=10_000,
-        remove_columns=[c for c in dataset.column_names if c not in ("label", "session_id")],
-        cache_file_name=str(cache_file) if cache_file else None,
-        load_from_cache_file=not overwrite,
-        desc="Encoding event IDs",
-    )
+    folder = cache_file.parent if cache_file is not None else None
+    before = set(folder.glob("tmp*")) if folder is not None and folder.is_dir() else set()
+    try:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        return dataset.map(
+            encode,
+            batched=True,
+            batch_size=10_000,
+            remove_columns=[c for c in dataset.column_names if c not in ("label", "session_id")],
+            cache_file_name=str(cache_file) if cache_file else None,
+            load_from_cache_file=not overwrite,
+            desc="Encoding event IDs",
+        )
+    except OSError as error:
+        # datasets removes its temporary file on failure unless closing it fails too (disk full): remove it here.
+        for tmp in set(folder.glob("tmp*")) - before if folder is not None and folder.is_dir() else ():
+            tmp.unlink(missing_ok=True)
+        raise DataError(f"cannot write the encoded-ids cache {cache_file}: {error.strerror or error} "
+                        "(--data_cache_dir must be a writable folder with free space)") from None
 
 
 def model_inputs(dataset: Dataset) -> Dataset:
