@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             timings, cpu = [], []
             for _ in range(args.repeats):
                 started, before = time.perf_counter(), os.times()
-                dropped, rejected = find_duplicate_sessions(shards, skip_bad_records=True)
+                _, rejected = find_duplicate_sessions(shards, skip_bad_records=True)
                 after = os.times()
                 timings.append(time.perf_counter() - started)
                 cpu.append(after.user - before.user + after.system - before.system)

@@ -13,7 +13,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections import Counter
 
 import numpy as np

@@ -149,3 +149,63 @@ def test_a_full_disk_while_writing_the_encoded_ids_is_one_line_and_leaves_nothin
     assert "\n" not in str(error.value) and str(encoded) in str(error.value)
     assert "No space left on device" in str(error.value)
     assert list(encoded.parent.iterdir()) == []
+
+
+# Moved from test_data.py with the cache itself
+
+
+
+def test_second_run_parses_nothing_and_changes_reparse_only_what_changed(token_session, write_json, write_jsonl,
+                                                                        data_args):
+    first = write_json("a.json", [token_session([5], "a")])
+    second = write_jsonl("b.jsonl", [token_session([6], "b"), {"token_ids": "bad"}])
+    args = data_args(first, second, skip_bad_records=True)
+
+    cold = load(args)
+    warm = load(args)
+    assert (cold.parsed_files, warm.parsed_files) == (2, 0)
+    assert ids_of(warm.train) == ids_of(cold.train)
+    assert [r.message() for r in warm.rejected] == [r.message() for r in cold.rejected] != []
+    assert warm.cache_key == cold.cache_key
+
+    write_json("a.json", [token_session([5, 5], "a")])  # changed content
+    changed = load(args)
+    assert changed.parsed_files == 1
+    assert ids_of(changed.train)[0] == [CLS, 5, 5, SEP]
+
+    stat = os.stat(first)  # same bytes, newer mtime
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert load(args).parsed_files == 1
+
+    added = write_json("c.json", [token_session([7], "c")])
+    assert load(data_args(first, second, added, skip_bad_records=True)).parsed_files == 1
+
+
+@pytest.mark.parametrize("setting", [{"max_seq_length": 32}, {"skip_bad_records": True},
+                                     {"truncate_long_sessions": False}, "vocab_size"])
+def test_changed_settings_reparse(setting, token_session, write_json, data_args):
+    path = write_json("a.json", [token_session([5], "a")])
+    assert load(data_args(path)).parsed_files == 1
+    if setting == "vocab_size":
+        corpus = load_corpus(data_args(path), 10000 + 1, seed=0)
+    else:
+        corpus = load(data_args(path, **setting))
+    assert corpus.parsed_files == 1
+    assert load(data_args(path)).parsed_files == 0  # the first settings' shard is still there
+
+
+def test_a_file_that_failed_is_parsed_again(token_session, write_json, data_args):
+    path = write_json("a.json", [token_session([5]), {"token_ids": "bad"}])
+    with pytest.raises(DataError):
+        load(data_args(path))
+    write_json("a.json", [token_session([5])])
+    assert load(data_args(path)).parsed_files == 1
+
+
+@pytest.mark.slow  # spawns worker processes that import the package: about 10 s
+def test_parallel_parsing_gives_the_same_corpus(token_session, write_json, data_args):
+    files = [write_json(f"{i}.json", [token_session([5 + i], f"s{i}")]) for i in range(3)]
+    serial = load(data_args(*files))
+    parallel = load(data_args(*files, preprocessing_num_workers=2, overwrite_cache=True))
+    assert parallel.parsed_files == 3
+    assert ids_of(parallel.train) == ids_of(serial.train)
