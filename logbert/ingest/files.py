@@ -6,9 +6,12 @@ import glob
 import logging
 import os
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from ..config import SAMPLE_TRAIN_FILE, DataArguments
 from .records import DataError
+
+if TYPE_CHECKING:  # config imports transformers and torch: seconds that every spawned parsing worker would pay
+    from ..config import DataArguments
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,7 @@ def expand_data_files(patterns: Iterable[str], what: str) -> list[str]:
 
 def resolve_data_files(data_args: DataArguments) -> tuple[list[str], list[str]]:
     """The training and validation files the arguments name. No data flag at all means the bundled sample."""
+    from ..config import SAMPLE_TRAIN_FILE
     if data_args.train_file:
         train = expand_data_files(data_args.train_file, "--train_file")
     elif data_args.data_dir:
