@@ -12,7 +12,7 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from .session import SEED_SPECIAL_IDS
+from .data import SEED_SPECIAL_IDS
 
 logger = logging.getLogger(__name__)
 
