@@ -209,3 +209,12 @@ def test_parallel_parsing_gives_the_same_corpus(token_session, write_json, data_
     parallel = load(data_args(*files, preprocessing_num_workers=2, overwrite_cache=True))
     assert parallel.parsed_files == 3
     assert ids_of(parallel.train) == ids_of(serial.train)
+
+
+@pytest.mark.slow  # spawns a worker process
+def test_parallel_parsing_reports_the_first_bad_file_in_file_order(token_session, write_json, data_args):
+    files = [write_json(f"{i}.json", [token_session([5 + i], f"s{i}")] + ([{"token_ids": "bad"}] if i % 2 else []))
+             for i in range(6)]
+    with pytest.raises(DataError, match="record 2") as error:
+        load(data_args(*files, preprocessing_num_workers=2))
+    assert str(files[1]) in str(error.value)

@@ -7,7 +7,8 @@ import json
 import os
 import secrets
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -153,6 +154,51 @@ def build_shard(path: str, settings: ParseSettings, cache_root: Path, overwrite:
     return FileShard(path, str(arrow_path), parsed.kind, table.num_rows, parsed.truncated, parsed.rejected), True
 
 
+def _parse_with_workers(jobs: list[tuple[int, tuple]], workers: int) -> tuple[dict[int, FileShard],
+                                                                            list[tuple[int, BaseException]]]:
+    """`build_shard(*job)` for every (index, job), in `workers - 1` spawned processes and this one.
+
+    This process parses too, so one process fewer is started, and it starts at once while the others import (a
+    spawned process imports the main script: seconds for run_mlm_logs.py). The pool is kept two files deep per
+    worker; whenever it is that full, this process parses the next file itself. After a bad file no more are
+    started (the load fails anyway) except earlier ones, so that the error is the first in file order.
+    Returns ({index: shard}, [(index, error)]).
+    """
+    queue = deque(jobs)
+    parsed: dict[int, FileShard] = {}
+    errors: list[tuple[int, BaseException]] = []
+    running = {}
+    # Spawned, not forked: a fork of a process holding datasets' and torch's threads can deadlock.
+    with ProcessPoolExecutor(workers - 1, mp_context=get_context("spawn"), initializer=keep_heap_in_worker) as pool, \
+            heap_reused_across_files():
+        while queue and not errors:
+            while queue and len(running) < 2 * (workers - 1):
+                index, job = queue.popleft()
+                running[pool.submit(build_shard, *job)] = index
+            if queue:
+                index, job = queue.popleft()
+                try:
+                    parsed[index] = build_shard(*job)[0]
+                except DataError as error:
+                    errors.append((index, error))
+            for future in [future for future in running if future.done()]:
+                index = running.pop(future)
+                if future.exception() is not None:
+                    errors.append((index, future.exception()))
+                else:
+                    parsed[index] = future.result()[0]
+        for future, index in running.items():
+            if errors and index > min(errors, key=lambda error: error[0])[0]:  # an earlier file may fail first
+                future.cancel()
+            if future.cancelled():
+                continue
+            if future.exception() is not None:  # waits for the file to finish
+                errors.append((index, future.exception()))
+            else:
+                parsed[index] = future.result()[0]
+    return parsed, errors
+
+
 def build_shards(files: list[str], settings: ParseSettings, cache_root: Path, overwrite: bool = False,
                  num_workers: int | None = None) -> tuple[list[FileShard], int]:
     """Parse (or reuse) one shard per file, one file in memory at a time per worker. Returns (shards, parsed)."""
@@ -165,21 +211,16 @@ def build_shards(files: list[str], settings: ParseSettings, cache_root: Path, ov
     to_parse = [index for index in range(len(files)) if index not in shards]
     if to_parse and (cache_root / "shards").is_dir():
         remove_stale_temporary_files(cache_root / "shards")
-    workers = min(num_workers or 1, len(to_parse))
+    jobs = [(index, (files[index], settings, cache_root, overwrite)) for index in to_parse]
+    workers = min(num_workers or 1, len(jobs))
     if workers > 1:
-        # Spawned, not forked: a fork of a process holding datasets' and torch's threads can deadlock.
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=keep_heap_in_worker) as pool:
-            futures = {pool.submit(build_shard, files[index], settings, cache_root, overwrite): index
-                       for index in to_parse}
-            _, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in pending:  # a bad file fails the load anyway: start no more (those running finish)
-                future.cancel()
-            wait(futures)
-            errors = sorted((futures[f], f.exception()) for f in futures if not f.cancelled() and f.exception())
-            if errors:  # the first bad file in file order, as a serial run would report it
-                raise errors[0][1]
-            shards.update((futures[f], f.result()[0]) for f in futures)
+        parsed, errors = _parse_with_workers(jobs, workers)
     else:
+        parsed, errors = {}, []
         with heap_reused_across_files():
-            shards.update((index, build_shard(files[index], settings, cache_root, overwrite)[0]) for index in to_parse)
+            for index, job in jobs:
+                parsed[index] = build_shard(*job)[0]
+    if errors:  # the first bad file in file order, as a serial run would report it
+        raise min(errors, key=lambda error: error[0])[1]
+    shards.update(parsed)
     return [shards[index] for index in range(len(files))], len(to_parse)
