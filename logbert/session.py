@@ -24,6 +24,7 @@ SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 FRAME_TOKENS = frozenset({CLS_TOKEN, SEP_TOKEN, PAD_TOKEN})
 SEED_SPECIAL_IDS = {PAD_TOKEN: 0, UNK_TOKEN: 100, CLS_TOKEN: 101, SEP_TOKEN: 102, MASK_TOKEN: 103}
 FRAME_TOKEN_IDS = frozenset(SEED_SPECIAL_IDS[token] for token in FRAME_TOKENS)
+SPECIAL_TOKEN_IDS = frozenset(SEED_SPECIAL_IDS.values())  # a session of these only has no event
 
 TOKEN_IDS_KIND = "token_ids"
 EVENTS_KIND = "events"
@@ -142,7 +143,7 @@ def _token_problem(ids: list, mask: list | None, vocab_size: int | None) -> tupl
     if vocab_size is not None and real and max(real) >= vocab_size:
         bad = next(x for x in real if x >= vocab_size)
         return None, f"token id {bad} is out of range: ids must be below vocab_size {vocab_size}"
-    if all(x in FRAME_TOKEN_IDS for x in real):
+    if all(x in SPECIAL_TOKEN_IDS for x in real):
         return None, "empty session: expected at least one event besides [CLS]/[SEP]/[PAD]"
     return list(real), None
 

@@ -73,6 +73,7 @@ BAD = [
     ("mask_gap", {"token_ids": [101, 5, 102], "attention_mask": [1, 0, 1]}, "padding must come last"),
     ("mask_not_a_list", {"token_ids": [101, 5, 102], "attention_mask": "111"}, "'attention_mask' must be a list"),
     ("only_frame", {"token_ids": [101, 102, 0]}, "empty session"),
+    ("only_special", {"token_ids": [101, 100, 103, 102]}, "empty session"),
     ("empty_token_ids", {"token_ids": []}, "empty session"),
     ("label_wrong", {"token_ids": [101, 5, 102], "label": 7}, "'label' must be 0/1"),
     ("session_id_wrong", {"event_sequence": ["5"], "session_id": [1]}, "'session_id' must be a string or an integer"),
