@@ -1,9 +1,10 @@
 """Glibc heap tuning for parsing many large files in one process (ctypes + mallopt; a no-op elsewhere).
 
-Measured side by side with benchmarks/bench_data.py (40 generated reference files, 344,651 sessions, 1.69 GB,
-one process, two runs each, on a shared 2-core machine): 6.2 and 6.4 CPU-s with the heap kept across files
-against 7.2 and 7.3 CPU-s with glibc's defaults, a 13% saving of the build's CPU time (the wall time, 26-33 s,
-was set by the disk and the other load, not by this). Over the ~10% bar, so it stays, here and only here.
+Measured side by side with benchmarks/bench_data.py --workers 1 (the second run with this tuning replaced by a
+no-op; 40 generated reference files, 344,651 sessions, 1.69 GB, two runs each, alternating, on a shared 2-core
+machine): 6.2 and 6.4 CPU-s with the heap kept across files against 7.2 and 7.3 CPU-s with glibc's defaults, a
+13% saving of the build's CPU time (the wall time, 26-33 s, was set by the disk and the other load, not by this).
+Over the ~10% bar, so it stays, here and only here.
 """
 
 from __future__ import annotations
