@@ -47,9 +47,10 @@ def data_arguments(args: argparse.Namespace) -> DataArguments:
 def _load_in_child(args: argparse.Namespace, results) -> None:
     """Runs in a fresh process: time one `load_corpus` call, and report what it did."""
     from logbert import data
+    from logbert.ingest import cache
 
     if args.slow_path:  # the parser before the fast path, for comparison (in-process workers only)
-        data._parse_token_json_fast = lambda path, settings: None
+        cache.parse_token_json_fast = lambda path, settings: None
     data_args = data_arguments(args)
     if args.max_files:
         files = sorted(str(p) for p in Path(args.data_dir).glob("*.json"))[: args.max_files]

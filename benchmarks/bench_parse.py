@@ -5,7 +5,7 @@
 
 Each file is read once first (so both runs read from the page cache), then parsed by `parse_session_file` in
 two passes over the same files: with glibc's default allocation thresholds, and inside
-`_heap_reused_across_files` (what `build_shards` does). User and kernel CPU seconds per file are printed for both.
+`heap_reused_across_files` (what `build_shards` does). User and kernel CPU seconds per file are printed for both.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import os
 import sys
 from pathlib import Path
 
-from logbert.data import ParseSettings, _heap_reused_across_files, parse_session_file
+from logbert.ingest import ParseSettings, parse_session_file
+from logbert.ingest.glibc_heap import heap_reused_across_files
 
 
 def parse_all(files: list[str], settings: ParseSettings, reuse_heap: bool) -> dict:
     before = os.times()
-    with _heap_reused_across_files() if reuse_heap else contextlib.nullcontext():
+    with heap_reused_across_files() if reuse_heap else contextlib.nullcontext():
         for path in files:
             parse_session_file(path, settings)
     after = os.times()
