@@ -125,7 +125,8 @@ def _cached_shard(path: str, settings: ParseSettings, cache_root: Path) -> FileS
     return FileShard(path, str(arrow_path), meta["kind"], meta["sessions"], meta["truncated"], rejected)
 
 
-def build_shard(path: str, settings: ParseSettings, cache_root: Path, overwrite: bool = False) -> tuple[FileShard, bool]:
+def build_shard(path: str, settings: ParseSettings, cache_root: Path,
+                overwrite: bool = False) -> tuple[FileShard, bool]:
     """Parse `path` into the cache unless an up-to-date shard is there. Returns (shard, whether it was parsed)."""
     arrow_path, meta_path = _shard_paths(path, settings, cache_root)
     if not overwrite:

@@ -15,6 +15,10 @@ if TYPE_CHECKING:  # config imports transformers and torch: seconds that every s
 
 logger = logging.getLogger(__name__)
 
+# Files that `logbert prepare` (and a run's quarantine) write beside session files, never sessions themselves:
+# `--data-dir` skips them, so a prepared folder trains as it is.
+NOT_SESSION_FILES = frozenset({"parser_state.json", "prepare_summary.json", "rejected_records.jsonl"})
+
 
 def expand_data_files(patterns: Iterable[str], what: str) -> list[str]:
     """Expand files, globs and directories into a sorted list of files; a pattern matching nothing is an error."""
@@ -45,7 +49,7 @@ def resolve_data_files(data_args: DataArguments) -> tuple[list[str], list[str]]:
                 os.path.abspath(p)
                 for pattern in data_args.file_pattern
                 for p in glob.glob(os.path.join(data_args.data_dir, "**", pattern), recursive=True)
-                if os.path.isfile(p)
+                if os.path.isfile(p) and os.path.basename(p) not in NOT_SESSION_FILES
             }
         )
         if not train:

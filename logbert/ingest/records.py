@@ -1,10 +1,13 @@
-"""Reading one session file into records: JSON arrays or objects, JSON Lines, event-ID text; the reject-or-raise path."""
+"""Reading one session file into records: JSON, JSON Lines, session CSV, event-ID text; the reject-or-raise path."""
 
 from __future__ import annotations
 
 import codecs
+import csv
+import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,10 +55,12 @@ def read_file_bytes(path: str) -> bytes:
 
 
 def file_format(path: str, head: bytes) -> str:
-    """"json", "jsonl" or "text", from the name's suffix, else from the first bytes."""
+    """"json", "jsonl", "csv" or "text", from the name's suffix, else from the first bytes."""
     lowered = path.lower()
     if lowered.endswith(JSONL_SUFFIXES):
         return "jsonl"
+    if lowered.endswith(".csv") or _csv_header(head) is not None:
+        return "csv"
     if lowered.endswith(JSON_SUFFIXES):
         return "json"
     first = head.lstrip()[:1]
@@ -115,7 +120,12 @@ def iter_file_records(path: str, skip_bad_records: bool) -> Iterator[tuple[int, 
             return
         for number, record in enumerate(sessions, start=1):
             yield number, record
+    elif fmt == "csv":
+        yield from _iter_csv(path, data, fail)
     else:
+        if fmt == "text" and (problem := _not_event_ids(data[:65536])):
+            yield fail(problem)
+            return
         yield from _iter_lines(path, data, fail, parse_json=fmt == "jsonl")
 
 
@@ -153,6 +163,64 @@ def _iter_lines(path: str, data: bytes, fail, parse_json: bool) -> Iterator[tupl
         except json.JSONDecodeError as error:
             yield fail(f"line {number}: not valid JSON: {error.msg} (column {error.colno})", number, line)
 
+
+
+# Column names of a session CSV (DeepLog/loglizer style `Sequence,label`): the events, and the optional label.
+CSV_SEQUENCE_COLUMNS = ("sequence", "eventsequence", "event_sequence", "events", "event_ids")
+CSV_LABEL_COLUMNS = ("label", "labels", "is_anomaly", "anomaly")
+# What a line of log text has and a line of event IDs does not: a clock time, a date, or key=value / path /
+# bracket punctuation in most lines.
+RAW_LOG_SIGNS = re.compile(r"\d{1,2}:\d{2}:\d{2}|\d{4}-\d{2}-\d{2}|[=/\[\]()$]|:\s")
+
+
+def _csv_header(head: bytes) -> list[str] | None:
+    """The column names when the first line is a session CSV's header (`Sequence,label`), else None."""
+    first = head.split(b"\n", 1)[0].decode("utf-8", "replace").strip().lstrip("\ufeff")
+    names = [name.strip().lower() for name in first.split(",")]
+    return names if len(names) > 1 and any(name in CSV_SEQUENCE_COLUMNS for name in names) else None
+
+
+def _iter_csv(path: str, data: bytes, fail) -> Iterator[tuple[int, Any] | Rejection]:
+    """A session CSV: one session per row, events space-separated in the sequence column, an optional label."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        yield fail(f"line {_line_of_offset(data, error.start)}: not UTF-8: expected UTF-8 text")
+        return
+    rows = csv.reader(io.StringIO(text))
+    header = [name.strip().lower() for name in next(rows, [])]
+    sequence = next((header.index(name) for name in CSV_SEQUENCE_COLUMNS if name in header), None)
+    label = next((header.index(name) for name in CSV_LABEL_COLUMNS if name in header), None)
+    if sequence is None:
+        yield fail(f"a CSV without a session column: expected one of {', '.join(CSV_SEQUENCE_COLUMNS)} in the "
+                   f"header, got {', '.join(header) or 'nothing'}")
+        return
+    for number, row in enumerate(rows, start=2):
+        if not row or not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield fail(f"line {number}: {len(row)} columns, the header has {len(header)}", number, row)
+            continue
+        record: dict[str, Any] = {"event_sequence": row[sequence].split()}
+        if label is not None:
+            value = row[label].strip()
+            record["label"] = int(value) if value.isdigit() else value
+        yield number, record
+
+
+def _not_event_ids(head: bytes) -> str | None:
+    """Why the start of an event-ID text file is something else (raw log lines, a CSV), or None when it is not."""
+    lines = [line for line in head.decode("utf-8", "replace").splitlines()[:200] if line.strip()]
+    if not lines:
+        return None
+    if sum("," in line for line in lines) > len(lines) / 2:
+        return (f"looks like a CSV, not lines of space-separated event IDs (line 1: {lines[0][:80]!r}): give it a "
+                "header with a 'Sequence' column (and optionally 'label'), or convert it to JSON Lines")
+    if sum(bool(RAW_LOG_SIGNS.search(line)) for line in lines) > len(lines) / 2:
+        return (f"looks like raw log lines, not sessions of event IDs (line 1: {lines[0][:80]!r}). Turn raw logs "
+                "into sessions first: `logbert prepare --input FILE --output_dir DIR` (if these really are event "
+                "IDs, give the sessions as JSON Lines with an 'event_sequence' list)")
+    return None
 
 
 def write_rejections(rejected: list[Rejection], output_dir: str) -> str | None:
