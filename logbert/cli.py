@@ -16,6 +16,7 @@ from transformers import HfArgumentParser
 
 from .calibration import apply_scoring_config, calibrate, tune_threshold_on_dev
 from .data import DataError, Rejection, write_rejections
+from .session import normalize_session
 from .evaluation import CountVectorBaseline, detection_metrics, expand_inputs, iter_sessions, score_stream, write_plots
 from .export import write_model_card
 
@@ -139,7 +140,8 @@ def _score(args: ScoreArguments) -> int:
         with open(partial, "w", encoding="utf-8") as handle:
             sessions = iter_sessions(files, args.skip_bad_records, rejected)
             for path, number, label, result in score_stream(
-                    detector, sessions, args.chunk_size, threshold=args.threshold,
+                    detector, sessions, args.chunk_size, rejected=rejected if args.skip_bad_records else None,
+                    threshold=args.threshold,
                     num_candidates=args.num_candidates, return_events=args.return_events):
                 record = {"file": path, "record": number, **({"label": label} if label >= 0 else {}), **result}
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
@@ -282,9 +284,8 @@ def _evaluate(args: EvaluateArguments) -> int:
 
 
 def _events(session) -> list:
-    if isinstance(session, dict):
-        return session.get("event_sequence") or session.get("token_ids") or []
-    return session.split() if isinstance(session, str) else session
+    normal = normalize_session(session)
+    return normal.events if normal.events is not None else normal.token_ids
 
 
 def _print_report(report: dict) -> None:

@@ -49,6 +49,8 @@ def configure_logging(verbose: bool = False, level: int = logging.INFO) -> None:
     for library in (transformers.utils.logging, datasets.utils.logging):
         library.enable_propagation()
         library.set_verbosity(logging.INFO if verbose else logging.WARNING)
+    if not verbose:  # "Loading weights" bars on every model load; training and scoring keep their own bars
+        transformers.utils.logging.disable_progress_bar()
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "_logbert", False):

@@ -25,7 +25,6 @@ from .ingest import (CACHE_FORMAT_VERSION, REJECTED_RECORDS_FILE, DataError, Fil
                      Rejection, build_shard, build_shards, expand_data_files, iter_file_records, parse_session_file,
                      resolve_data_files, write_rejections)
 from .session import EVENTS_KIND, SEED_SPECIAL_IDS, TOKEN_IDS_KIND  # noqa: F401
-from .session import parse_label as _check_label  # noqa: F401
 
 logger = logging.getLogger(__name__)
 

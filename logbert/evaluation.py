@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import DataError, Rejection, _check_label, expand_data_files, iter_file_records
+from .data import DataError, Rejection, expand_data_files, iter_file_records
 from .metrics import load_metric
+from .session import FRAME_TOKEN_IDS, SessionError, normalize_session
 
 logger = logging.getLogger(__name__)
 
@@ -21,8 +22,10 @@ def iter_sessions(paths: Iterable[str], skip_bad_records: bool = False,
                   rejected: list[Rejection] | None = None) -> Iterator[tuple[str, int, Any, int]]:
     """Yield (file, record number, session, label) from session files of any supported format, one at a time.
 
-    `label` is 1/0 from a record's `label` field, or -1 when it has none. Unreadable records raise DataError
-    naming the file and line, or with `skip_bad_records` are appended to `rejected`.
+    Every record is validated by `logbert.session.normalize_session`, with training's rules and messages; the
+    record itself is passed on as it is (the pipeline reads it). `label` is 1/0 from a record's `label` field, or
+    -1 when it has none. Bad records raise DataError naming the file and record, or with `skip_bad_records` are
+    appended to `rejected`.
     """
     for path in paths:
         for item in iter_file_records(path, skip_bad_records):
@@ -31,57 +34,60 @@ def iter_sessions(paths: Iterable[str], skip_bad_records: bool = False,
                     rejected.append(item)
                 continue
             number, record = item
-            label, problem = -1, None
-            if isinstance(record, dict):
-                label, problem = _check_label(record)
-                empty = not (record.get("token_ids") or record.get("event_sequence"))
-            elif isinstance(record, tuple):  # a line of event IDs
-                record, empty = list(record), not record
-            else:
-                problem, empty = f"expected a session, got {type(record).__name__}", False
-            if not problem and empty:
-                problem = "empty session: expected at least one event"
-            if problem:
-                rejection = Rejection(path, number, problem, record)
+            try:
+                session = normalize_session(record)
+            except SessionError as error:
+                rejection = Rejection(path, number, error.reason, record)
                 if not skip_bad_records:
-                    raise DataError(rejection.message())
+                    raise DataError(rejection.message()) from None
                 if rejected is not None:
                     rejected.append(rejection)
                 continue
-            yield path, number, record, label
+            yield path, number, list(record) if isinstance(record, tuple) else record, session.label
 
 
 def score_stream(detector, sessions: Iterable[tuple[str, int, Any, int]], chunk_size: int = 2048,
-                 total: int | None = None, **score_kwargs) -> Iterator[tuple[str, int, int, dict]]:
-    """Score (file, record, session, label) tuples in chunks (bounded memory); yield (file, record, label, result)."""
+                 total: int | None = None, rejected: list[Rejection] | None = None,
+                 **score_kwargs) -> Iterator[tuple[str, int, int, dict]]:
+    """Score (file, record, session, label) tuples in chunks (bounded memory); yield (file, record, label, result).
+
+    With `rejected` (a list), a session the model refuses is quarantined there and the others are still scored;
+    without it, the first refusal stops the stream.
+    """
     chunk: list = []
-    progress = tqdm(total=total, unit="session", desc="Scoring")
 
-    def flush():
-        results = detector.score([session for _, _, session, _ in chunk], **score_kwargs)
-        progress.update(len(chunk))
-        for (path, number, _, label), result in zip(chunk, results):
+    def score(items: list) -> Iterator[tuple[str, int, int, dict]]:
+        try:
+            results = detector.score([session for _, _, session, _ in items], **score_kwargs)
+        except ValueError as error:
+            if rejected is None:
+                raise
+            if len(items) == 1:  # the one the model refuses: quarantined with the model's reason
+                path, number, session, _ = items[0]
+                rejected.append(Rejection(path, number, str(error), session))
+                return
+            for item in items:  # find it, and score the rest
+                yield from score([item])
+            return
+        for (path, number, _, label), result in zip(items, results):
             yield path, number, label, result
-        chunk.clear()
 
-    for item in sessions:
-        chunk.append(item)
-        if len(chunk) >= chunk_size:
-            yield from flush()
-    if chunk:
-        yield from flush()
-    progress.close()
+    with tqdm(total=total, unit="session", desc="Scoring") as progress:
+        for item in sessions:
+            chunk.append(item)
+            if len(chunk) >= chunk_size:
+                yield from score(chunk)
+                progress.update(len(chunk))
+                chunk = []
+        if chunk:
+            yield from score(chunk)
+            progress.update(len(chunk))
 
 
 def event_count_vector(session: Any) -> tuple:
-    """The multiset of a session's events, order ignored (Landauer et al., FSE'24)."""
-    if isinstance(session, dict):
-        events = session.get("event_sequence") or [t for t, m in zip(session["token_ids"], session.get(
-            "attention_mask") or [1] * len(session["token_ids"])) if m]
-    elif isinstance(session, str):
-        events = session.split()
-    else:
-        events = session
+    """The multiset of a session's events, order ignored (Landauer et al., FSE'24); frame tokens left out."""
+    normal = normalize_session(session)
+    events = normal.events if normal.events is not None else [t for t in normal.token_ids if t not in FRAME_TOKEN_IDS]
     return tuple(sorted(Counter(map(str, events)).items()))
 
 

@@ -203,3 +203,31 @@ def test_a_mistyped_flag_of_a_subcommand_is_one_line(capsys):
     assert score_main(["--model", "m", "--input", "x", "--outptu", "y"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "did you mean --output?" in error
+
+
+@pytest.mark.parametrize("bad_record, reason", [
+    ({"event_sequence": [5, 1.5]}, "event ID"),
+    ({"event_sequence": 5}, "event_sequence"),
+    ({"token_ids": "101 5 102"}, "token_ids"),
+    ({"event_sequence": [5, [22]]}, "event ID"),
+])
+def test_scoring_rejects_what_training_rejects_and_never_loses_earlier_results(trained_model_dir, tmp_path, capsys,
+                                                                               bad_record, reason):
+    sessions = tmp_path / "sessions.jsonl"
+    sessions.write_text("".join(json.dumps(r) + "\n" for r in ({"event_sequence": [5, 22]}, bad_record,
+                                                               {"event_sequence": [5, 5, 22]})))
+    output = tmp_path / "scores.jsonl"
+    output.write_text("the previous results\n")
+    assert score_main(["--model", str(trained_model_dir), "--input", str(sessions), "--output", str(output)]) == 2
+    error = capsys.readouterr().err
+    last_line = error.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "sessions.jsonl: record 2" in last_line and reason in last_line
+    assert "Traceback" not in error
+    assert output.read_text() == "the previous results\n"  # a failed run leaves the old file whole
+    assert not list(tmp_path.glob(".scores.jsonl*"))
+
+    assert score_main(["--model", str(trained_model_dir), "--input", str(sessions), "--output", str(output),
+                       "--skip_bad_records"]) == 0
+    assert [json.loads(line)["record"] for line in output.read_text().splitlines()] == [1, 3]
+    quarantined = [json.loads(line) for line in (tmp_path / "rejected_records.jsonl").read_text().splitlines()]
+    assert [r["record"] for r in quarantined] == [2]
