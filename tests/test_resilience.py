@@ -206,7 +206,7 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_the_run_resumes_to_the_end
     stopped_at = global_step(latest)
     assert 10 < stopped_at < MAX_STEPS  # saved at the step it stopped, not at the last save_steps
     assert latest.name == f"checkpoint-{stopped_at}"
-    assert f"Stopped by SIGTERM at step {stopped_at}" in log
+    assert f"Stopped by SIGTERM during training (step {stopped_at})" in log
     assert "--resume_from_checkpoint" in log
     assert not (output_dir / "model.safetensors").exists()
 
