@@ -163,15 +163,18 @@ class LogAnomalyPipeline(Pipeline):
             picked = None
             all_logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
         sep_id = self.tokenizer.sep_token_id
+        num_ranked = int(model_inputs["num_ranked"])  # the leading predictions that need a rank and candidates
         outputs = []
-        # The head's (chunk, V) logits and their softmax are the largest tensors: a bounded number of positions at once.
+        # The head's (chunk, V) logits are the largest tensors: a bounded number of positions at once.
         chunk = max(1, LOGIT_ELEMENTS_PER_CHUNK // self.real_vocab_size)
         for begin in range(0, len(positions), chunk):
             part = slice(begin, begin + chunk)
             logits = head(picked[part]) if picked is not None else all_logits[part]  # (m, V_padded)
             logits = logits[:, : self.real_vocab_size].float()
+            logits[:, self.never_predicted_ids] = float("-inf")  # in place: this chunk's own tensor
             logits[~model_inputs["sep_allowed"][part], sep_id] = float("-inf")
-            outputs.append(event_scores(logits, model_inputs["targets"][part], self.never_predicted_ids, top_n))
+            outputs.append(event_scores(logits, model_inputs["targets"][part], [], top_n,
+                                        num_ranked=max(0, num_ranked - begin)))
         scored = {name: torch.cat([o[name] for o in outputs]) for name in outputs[0]}
         broken = ~torch.isfinite(scored["nll"])
         if broken.any():
@@ -311,20 +314,23 @@ class LogAnomalyPipeline(Pipeline):
         multiple = 8 if self.device.type == "cuda" else 1
         return -(-length // multiple) * multiple
 
-    def _build_rows(self, keys: list[tuple], scoring_mode: str, next_event_window: int) -> list[tuple]:
+    def _build_rows(self, keys: list[tuple], scoring_mode: str, next_event_window: int) -> tuple[list, list]:
         """Model rows for these sessions: (tokens with the targets in place, masked positions, kind, session, events).
 
         MASKED rows: a window of the session between [CLS] and [SEP], with a group of its events masked
         (`masking_groups`: one event per row in exhaustive mode, every k-th event in linear mode). NEXT rows: the
         events before event i (at most `next_event_window` of them, or the model's length in exhaustive mode) and
         the end slot, whose answer is event i. The END_SLOT row: the last window with its [SEP] masked.
+        A NEXT row identical to one already built (sessions share bounded contexts far more often than whole
+        sessions) is not built again: it is returned in `copies` as ((session, event) scored, (session, event)
+        that takes the same result).
         """
         tokenizer = self.tokenizer
         cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         exhaustive = scoring_mode == "exhaustive"
         replicas = None if exhaustive else self.num_replicas
         context = self.max_events if exhaustive else min(next_event_window, self.max_events)
-        rows = []
+        rows, copies, next_rows = [], [], {}
         for session_index, key in enumerate(keys):
             events = np.asarray(key, dtype=np.int64)
             for window in window_spans(len(events), self.max_events):
@@ -334,10 +340,15 @@ class LogAnomalyPipeline(Pipeline):
                     rows.append((window_tokens, group - window.start + 1, MASKED, session_index, group))
             for event_index in range(1, len(events)):
                 start, end = next_event_context(event_index, context)
+                row_key = key[start: end + 1]  # the context and the target
+                if (first := next_rows.setdefault(row_key, (session_index, event_index))) != (session_index,
+                                                                                              event_index):
+                    copies.append((first, (session_index, event_index)))
+                    continue
                 tokens = np.concatenate(([cls_id], events[start: end + 1]))  # the last one is the target
                 rows.append((tokens, np.array([len(tokens) - 1]), NEXT, session_index, np.array([event_index])))
             rows.append((window_tokens, np.array([len(window_tokens) - 1]), END_SLOT, session_index, np.array([0])))
-        return rows
+        return rows, copies
 
     def _score_unique(self, keys: list[tuple], top_n: int, batch_tokens: int, scoring_mode: str = DEFAULT_SCORING_MODE,
                       next_event_window: int = DEFAULT_NEXT_EVENT_WINDOW, batch_size: int | None = None) -> list[dict]:
@@ -347,7 +358,7 @@ class LogAnomalyPipeline(Pipeline):
         `batch_tokens`, and of at most `batch_size` rows when one is given.
         """
         tokenizer = self.tokenizer
-        rows = self._build_rows(keys, scoring_mode, next_event_window)
+        rows, copies = self._build_rows(keys, scoring_mode, next_event_window)
         rows.sort(key=lambda row: len(row[0]))  # similar lengths together: little padding
         padded = np.array([self._padded_length(len(row[0])) for row in rows], dtype=np.int64)
 
@@ -376,6 +387,10 @@ class LogAnomalyPipeline(Pipeline):
             kinds = np.repeat([row[2] for row in batch], counts)
             sessions = np.repeat([row[3] for row in batch], counts)
             event_index = np.concatenate([row[4] for row in batch])
+            # Masked events first: only they need a rank and candidates (see event_scores' num_ranked).
+            order = np.argsort(kinds != MASKED, kind="stable")
+            row_index, positions, kinds, sessions, event_index = (
+                values[order] for values in (row_index, positions, kinds, sessions, event_index))
             targets = input_ids[row_index, positions].copy()
             input_ids[row_index, positions] = tokenizer.mask_token_id
             scored = self.forward({"input_ids": torch.from_numpy(input_ids),
@@ -384,7 +399,8 @@ class LogAnomalyPipeline(Pipeline):
                                    "targets": torch.from_numpy(targets),
                                    # [SEP] is a candidate only in the end slot (it was trained there); inside a
                                    # session it is never the answer.
-                                   "sep_allowed": torch.from_numpy(kinds != MASKED)}, top_n=top_n)
+                                   "sep_allowed": torch.from_numpy(kinds != MASKED),
+                                   "num_ranked": int(np.sum(kinds == MASKED))}, top_n=top_n)
             scored = {name: value.numpy() for name, value in scored.items()}
             flat_index = offsets[sessions] + event_index
             for kind, names in ((MASKED, ("nll", "rank", "probability", "top_ids", "top_probs")),
@@ -395,6 +411,10 @@ class LogAnomalyPipeline(Pipeline):
             chosen = kinds == END_SLOT
             end_nll[sessions[chosen]] = scored["nll"][chosen]
             end_probability[sessions[chosen]] = scored["probability"][chosen]
+        if copies:
+            scored_at, copied_to = (np.array([offsets[s] + e for s, e in pairs]) for pairs in zip(*copies))
+            for name in ("next_nll", "next_probability"):
+                flat[name][copied_to] = flat[name][scored_at]
 
         return [{**{name: values[offsets[s]: offsets[s + 1]].copy() for name, values in flat.items()},
                  "end_nll": float(end_nll[s]), "end_probability": float(end_probability[s])}

@@ -105,7 +105,8 @@ def next_event_context(event_index: int, window: int) -> tuple[int, int]:
     return max(0, event_index - window), event_index
 
 
-def event_scores(logits: torch.Tensor, targets: torch.Tensor, excluded_ids: list[int], top_n: int) -> dict:
+def event_scores(logits: torch.Tensor, targets: torch.Tensor, excluded_ids: list[int], top_n: int,
+                 num_ranked: int | None = None) -> dict:
     """Probability, rank and negative log-likelihood of each true event, and the model's top candidates.
 
     Args:
@@ -113,19 +114,31 @@ def event_scores(logits: torch.Tensor, targets: torch.Tensor, excluded_ids: list
         targets: (N,) the true token ids.
         excluded_ids: ids that are never a prediction ([PAD], [CLS], [SEP], [MASK], [UNK]).
         top_n: how many candidates to return.
+        num_ranked: only the first `num_ranked` rows get a rank and candidates (the others, left-to-right and end
+            slot predictions, need only their probability; rank 0, candidates 0): the (N, V) comparisons are the
+            most costly part. None: every row.
     Returns:
         dict of tensors: probability (N,), nll (N,), rank (N,) 1-based, top_ids (N, top_n), top_probs (N, top_n).
     """
-    logits = logits.float().clone()
+    # No (N, V) log-softmax is materialised: log P = logit - logsumexp, and ranks compare logits directly.
+    logits = logits.float()
     if excluded_ids:
-        logits[:, excluded_ids] = float("-inf")
-    log_probs = torch.log_softmax(logits, dim=-1)
-    target_log_probs = log_probs.gather(1, targets[:, None]).squeeze(1)  # -inf for an excluded target ([UNK])
-    rank = (log_probs > target_log_probs[:, None]).sum(dim=1) + 1
+        logits = logits.index_fill(1, torch.tensor(excluded_ids, device=logits.device), float("-inf"))
+    normaliser = torch.logsumexp(logits, dim=-1)  # (N,)
+    target_logits = logits.gather(1, targets[:, None]).squeeze(1)  # -inf for an excluded target ([UNK])
+    target_log_probs = target_logits - normaliser
     probability = target_log_probs.exp()
     nll = -torch.clamp(target_log_probs, min=math.log(MIN_PROBABILITY))
-    top_probs, top_ids = log_probs.topk(min(top_n, log_probs.size(1)), dim=-1)
-    return {"probability": probability, "nll": nll, "rank": rank, "top_ids": top_ids, "top_probs": top_probs.exp()}
+    ranked = len(logits) if num_ranked is None else min(num_ranked, len(logits))
+    top_n = min(top_n, logits.size(1))
+    rank = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    top_ids = torch.zeros((len(logits), top_n), dtype=torch.long, device=logits.device)
+    top_probs = torch.zeros((len(logits), top_n), device=logits.device)
+    if ranked:
+        rank[:ranked] = (logits[:ranked] > target_logits[:ranked, None]).sum(dim=1) + 1
+        top_logits, top_ids[:ranked] = logits[:ranked].topk(top_n, dim=-1)
+        top_probs[:ranked] = (top_logits - normaliser[:ranked, None]).exp()
+    return {"probability": probability, "nll": nll, "rank": rank, "top_ids": top_ids, "top_probs": top_probs}
 
 
 def session_scores(nll: np.ndarray, rank: np.ndarray, unseen: np.ndarray, num_candidates: int,
