@@ -111,7 +111,8 @@ class LogAnomalyPipeline(Pipeline):
         return {}, {}, postprocess
 
     def preprocess(self, session: Any) -> dict:
-        """One session -> {"input_ids": event token ids (no [CLS]/[SEP]), "events": names, "session_id"}."""
+        """One session -> {"input_ids": event token ids (no [CLS]/[SEP]), "events": names, "event_names": the
+        session's own names when they differ from the tokenizer's (token-id models), "session_id"}."""
         session_id = None
         token_ids = None
         if isinstance(session, dict):
@@ -137,15 +138,17 @@ class LogAnomalyPipeline(Pipeline):
             framing = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
             input_ids = [t for t in token_ids if t not in framing]
             input_ids = [t if 0 <= t < self.real_vocab_size else tokenizer.unk_token_id for t in input_ids]
-            names = [str(e) for e in events] if events is not None and len(events) == len(input_ids) \
-                else [self.id_to_event.get(t, str(t)) for t in input_ids]
+            # Events are named as the candidates are (the tokenizer's "#<id>"), so the two compare at a glance; the
+            # session's own names, when it has them, come along as "event_name".
+            names = [self.id_to_event.get(t, str(t)) for t in input_ids]
+            own_names = [str(e) for e in events] if events is not None and len(events) == len(input_ids) else None
         else:
-            names = [str(e) for e in events]
+            names, own_names = [str(e) for e in events], None
             vocab = tokenizer.get_vocab()
             input_ids = [vocab.get(name, tokenizer.unk_token_id) for name in names]
         if not input_ids:
             raise ValueError(f"empty session{' ' + str(session_id) if session_id else ''}: expected at least one event")
-        return {"input_ids": input_ids, "events": names, "session_id": session_id}
+        return {"input_ids": input_ids, "events": names, "event_names": own_names, "session_id": session_id}
 
     def _forward(self, model_inputs: dict, top_n: int = 3) -> dict:
         """Scores of the true event at each masked position, reduced on the device.
@@ -291,10 +294,12 @@ class LogAnomalyPipeline(Pipeline):
         return results
 
     def _event_details(self, item: dict, per_event: dict, unseen: np.ndarray, num_candidates: int) -> list[dict]:
+        own_names = item.get("event_names")
         return [
             {
                 "position": position,
                 "event": item["events"][position],
+                **({"event_name": own_names[position]} if own_names else {}),
                 "probability": float(per_event["probability"][position]),
                 "rank": int(per_event["rank"][position]),
                 # P(event | the events before it): None for the first event, which has no context.

@@ -304,3 +304,23 @@ def test_a_model_without_a_threshold_warns(detector, caplog):
         result = uncalibrated(NORMAL, return_events=False)
     assert result["is_anomaly"] is None
     assert "no calibrated threshold" in caplog.text
+
+
+def test_token_id_models_name_events_and_candidates_alike(tmp_path):
+    from logbert.config import parse_args
+    from logbert.data import TOKEN_IDS_KIND
+    from logbert.export import save_model_folder
+    from logbert.model import build_model
+    from logbert.tokenizer import build_token_id_tokenizer
+
+    model_args, _, _, _ = parse_args(["--config", "configs/tiny.yaml", "--vocab_size", "200",
+                                      "--output_dir", str(tmp_path)])
+    tokenizer = build_token_id_tokenizer(model_args.vocab_size)
+    torch.manual_seed(0)
+    save_model_folder(build_model(model_args, tokenizer, TOKEN_IDS_KIND), tokenizer, str(tmp_path / "model"))
+    token_detector = pipeline("log-anomaly", model=str(tmp_path / "model"), pipeline_class=LogAnomalyPipeline,
+                              device="cpu", threshold=1.0)
+    result = token_detector({"token_ids": [101, 150, 151, 102], "event_sequence": ["5", "22"]})
+    assert [e["event"] for e in result["events"]] == ["#150", "#151"]
+    assert [e["event_name"] for e in result["events"]] == ["5", "22"]
+    assert all(c["event"].startswith("#") for e in result["events"] for c in e["top_candidates"])
