@@ -157,14 +157,17 @@ class LogAnomalyPipeline(Pipeline):
         device, never a full-vocabulary tensor: (R, T) rows -> (M,) and (M, top_n) for M masked positions.
         """
         input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
+        position_ids = model_inputs.get("position_ids")
         rows, positions = model_inputs["row_index"], model_inputs["positions"]
         encoder, head = getattr(self.model, "bert", None), getattr(self.model, "cls", None)
         if encoder is not None and head is not None:
-            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (R, T, H)
+            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids).last_hidden_state  # (R, T, H)
             picked = hidden[rows, positions]  # (M, H)
         else:
             picked = None
-            all_logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
+            all_logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids).logits[rows, positions]
         sep_id = self.tokenizer.sep_token_id
         num_ranked = int(model_inputs["num_ranked"])  # the leading predictions that need a rank and candidates
         outputs = []
@@ -320,12 +323,13 @@ class LogAnomalyPipeline(Pipeline):
         return -(-length // multiple) * multiple
 
     def _build_rows(self, keys: list[tuple], scoring_mode: str, next_event_window: int) -> tuple[list, list]:
-        """Model rows for these sessions: (tokens with the targets in place, masked positions, kind, session, events).
+        """Model rows: (tokens with the targets in place, masked positions, kind, session, events, offset).
 
         MASKED rows: a window of the session between [CLS] and [SEP], with a group of its events masked
         (`masking_groups`: one event per row in exhaustive mode, every k-th event in linear mode). NEXT rows: the
         events before event i (at most `next_event_window` of them, or the model's length in exhaustive mode) and
-        the end slot, whose answer is event i. The END_SLOT row: the last window with its [SEP] masked.
+        the end slot, whose answer is event i, at the positions they have in the session (`offset`: the position
+        ids of the events start at offset + 1). The END_SLOT row: the last window with its [SEP] masked.
         A NEXT row identical to one already built (sessions share bounded contexts far more often than whole
         sessions) is not built again: it is returned in `copies` as ((session, event) scored, (session, event)
         that takes the same result).
@@ -342,17 +346,21 @@ class LogAnomalyPipeline(Pipeline):
                 # one array per window, shared by the rows that mask its events
                 window_tokens = np.concatenate(([cls_id], events[window.start: window.end], [sep_id]))
                 for group in masking_groups(window.score_start, window.score_end, replicas):
-                    rows.append((window_tokens, group - window.start + 1, MASKED, session_index, group))
+                    rows.append((window_tokens, group - window.start + 1, MASKED, session_index, group, 0))
             for event_index in range(1, len(events)):
                 start, end = next_event_context(event_index, context)
-                row_key = key[start: end + 1]  # the context and the target
+                # Linear mode: the context keeps the positions its events have in the session. The end slot was
+                # trained on prefixes from the session's start; a window read from position 1 looks like a session
+                # that starts mid-way (HDFS AUROC 0.936 against 0.9996), read in place it does not (0.9996).
+                offset = start if not exhaustive and end <= self.max_events else 0
+                row_key = (offset, key[start: end + 1])  # where the row sits, the context and the target
                 if (first := next_rows.setdefault(row_key, (session_index, event_index))) != (session_index,
                                                                                               event_index):
                     copies.append((first, (session_index, event_index)))
                     continue
                 tokens = np.concatenate(([cls_id], events[start: end + 1]))  # the last one is the target
-                rows.append((tokens, np.array([len(tokens) - 1]), NEXT, session_index, np.array([event_index])))
-            rows.append((window_tokens, np.array([len(window_tokens) - 1]), END_SLOT, session_index, np.array([0])))
+                rows.append((tokens, np.array([len(tokens) - 1]), NEXT, session_index, np.array([event_index]), offset))
+            rows.append((window_tokens, np.array([len(window_tokens) - 1]), END_SLOT, session_index, np.array([0]), 0))
         return rows, copies
 
     def _score_unique(self, keys: list[tuple], top_n: int, batch_tokens: int, scoring_mode: str = DEFAULT_SCORING_MODE,
@@ -383,9 +391,11 @@ class LogAnomalyPipeline(Pipeline):
             start = end
             input_ids = np.full((len(batch), length), tokenizer.pad_token_id, dtype=np.int64)
             attention_mask = np.zeros_like(input_ids)
-            for row, (tokens, *_) in enumerate(batch):
+            position_ids = np.broadcast_to(np.arange(length), input_ids.shape).copy()
+            for row, (tokens, *_, offset) in enumerate(batch):
                 input_ids[row, : len(tokens)] = tokens
                 attention_mask[row, : len(tokens)] = 1
+                position_ids[row, 1:] += offset
             counts = [len(row[1]) for row in batch]
             row_index = np.repeat(np.arange(len(batch)), counts)
             positions = np.concatenate([row[1] for row in batch])
@@ -400,6 +410,7 @@ class LogAnomalyPipeline(Pipeline):
             input_ids[row_index, positions] = tokenizer.mask_token_id
             scored = self.forward({"input_ids": torch.from_numpy(input_ids),
                                    "attention_mask": torch.from_numpy(attention_mask),
+                                   "position_ids": torch.from_numpy(position_ids),
                                    "row_index": torch.from_numpy(row_index), "positions": torch.from_numpy(positions),
                                    "targets": torch.from_numpy(targets),
                                    # [SEP] is a candidate only in the end slot (it was trained there); inside a

@@ -38,7 +38,8 @@ class CeilingThresholdError(ValueError):
 
 
 def tail_threshold(normal_scores, target_fpr: float, tail_fraction: float = 0.1, min_peaks: int = MIN_PEAKS,
-                   ceiling: float = SCORE_CEILING) -> dict[str, Any]:
+                   ceiling: float = SCORE_CEILING, min_ks_pvalue: float = MIN_KS_PVALUE,
+                   max_shape: float = MAX_SHAPE) -> dict[str, Any]:
     """The score that normal sessions exceed with probability `target_fpr`, from a fit of their upper tail.
 
     Args:
@@ -49,6 +50,7 @@ def tail_threshold(normal_scores, target_fpr: float, tail_fraction: float = 0.1,
         tail_fraction: the share of the scores above the initial threshold (their excesses are fitted).
         min_peaks: the fewest excesses a fit is tried with.
         ceiling: the highest score a session can get (`scoring.SCORE_CEILING`).
+        min_ks_pvalue, max_shape: what a usable fit must pass (see MIN_KS_PVALUE, MAX_SHAPE).
     Returns:
         {"threshold", "threshold_method": "gpd_tail" | "empirical", "tail_fit": {...} the fitted parameters and
         the checks, or why the empirical quantile was used}. JSON-serialisable, for config.json.
@@ -82,7 +84,7 @@ def tail_threshold(normal_scores, target_fpr: float, tail_fraction: float = 0.1,
         return _checked({"threshold": threshold, "threshold_method": "empirical",
                          "tail_fit": {**details, "reason": reason}}, ceiling)
 
-    num_peaks = int(math.floor(tail_fraction * count))
+    num_peaks = math.floor(tail_fraction * count)
     if target_fpr >= tail_fraction:  # the quantile lies inside the data: nothing to extrapolate
         return empirical(f"target_fpr {target_fpr} is not beyond the top {tail_fraction:.0%} of the scores", False)
     if num_peaks < min_peaks:
@@ -100,14 +102,14 @@ def tail_threshold(normal_scores, target_fpr: float, tail_fraction: float = 0.1,
     except Exception as error:  # noqa: BLE001 - an optimiser failure is a poor fit, not a crash
         return empirical(f"the fit failed: {error}")
     ks_pvalue = float(stats.kstest(excesses, "genpareto", args=(shape, 0, scale)).pvalue)
-    details.update({"initial_threshold": initial, "num_peaks": int(len(excesses)), "shape": float(shape),
+    details.update({"initial_threshold": initial, "num_peaks": len(excesses), "shape": float(shape),
                     "scale": float(scale), "ks_pvalue": ks_pvalue})
     if not (np.isfinite(shape) and np.isfinite(scale) and scale > 0):
         return empirical(f"non-finite fit (shape {shape}, scale {scale})")
-    if ks_pvalue < MIN_KS_PVALUE:
-        return empirical(f"the peaks do not follow the fitted distribution (KS p = {ks_pvalue:.3g} < {MIN_KS_PVALUE})")
-    if shape > MAX_SHAPE:
-        return empirical(f"shape {shape:.3g} > {MAX_SHAPE}: too heavy a tail to extrapolate")
+    if ks_pvalue < min_ks_pvalue:
+        return empirical(f"the peaks do not follow the fitted distribution (KS p = {ks_pvalue:.3g} < {min_ks_pvalue})")
+    if shape > max_shape:
+        return empirical(f"shape {shape:.3g} > {max_shape}: too heavy a tail to extrapolate")
     # P(score > initial + y) = (peaks / count) * P(excess > y): solve for the target rate (SPOT, eq. 1).
     threshold = initial + float(stats.genpareto.isf(target_fpr * count / len(excesses), shape, 0, scale))
     return _checked({"threshold": threshold, "threshold_method": "gpd_tail", "tail_fit": details}, ceiling)

@@ -185,19 +185,21 @@ def test_an_unknown_score_name_is_a_clear_error(detector):
 LONG = (NORMAL.split() * 2)[:30]  # longer than the 10-event left-to-right window
 
 
-def reference_scores(detector, events, groups, context):
+def reference_scores(detector, events, groups, context, in_place=False):
     """The definition, one unbatched, unpadded model call per row: P(event) with its group masked, and
-    P(event i | at most `context` events before it) in the end slot."""
+    P(event i | at most `context` events before it) in the end slot, read at their session positions `in_place`."""
     tokenizer, model = detector.tokenizer, detector.model
     ids = [tokenizer.get_vocab()[e] for e in events]
     vocab = detector.real_vocab_size
 
-    def probabilities(row, positions, sep_allowed):
+    def probabilities(row, positions, sep_allowed, offset=0):
         input_ids = torch.tensor([row])
         targets = input_ids[0, positions].clone()
         input_ids[0, positions] = tokenizer.mask_token_id
+        position_ids = torch.arange(len(row))[None]
+        position_ids[0, 1:] += offset
         with torch.no_grad():
-            logits = model(input_ids=input_ids).logits[0, positions, :vocab].float()
+            logits = model(input_ids=input_ids, position_ids=position_ids).logits[0, positions, :vocab].float()
         logits[:, detector.never_predicted_ids] = float("-inf")
         if not sep_allowed:
             logits[:, tokenizer.sep_token_id] = float("-inf")
@@ -209,7 +211,8 @@ def reference_scores(detector, events, groups, context):
         for position, p in zip(group, probabilities(full, [g + 1 for g in group], False)):
             masked[position] = p
     following = [None] + [probabilities([tokenizer.cls_token_id, *ids[max(0, i - context): i + 1]],
-                                        [min(i, context) + 1], True)[0] for i in range(1, len(ids))]
+                                        [min(i, context) + 1], True, max(0, i - context) if in_place else 0)[0]
+                          for i in range(1, len(ids))]
     return masked, following
 
 
@@ -222,7 +225,7 @@ def test_each_mode_scores_every_event_as_defined(detector, mode):
         k = detector.num_replicas
         assert k == 7  # round(1 / 0.15): the model's config stores no mlm_probability
         groups, context = [[i for i in range(len(LONG)) if i % k == r] for r in range(k)], 10
-    masked, following = reference_scores(detector, LONG, groups, context)
+    masked, following = reference_scores(detector, LONG, groups, context, in_place=mode == "linear")
     assert [e["probability"] for e in result["events"]] == pytest.approx(masked, abs=1e-5)
     assert [e["next_probability"] for e in result["events"]][1:] == pytest.approx(following[1:], abs=1e-5)
     assert all(e["probability"] > 0 for e in result["events"])
