@@ -395,7 +395,7 @@ class LogAnomalyPipeline(Pipeline):
             for row, (tokens, *_, offset) in enumerate(batch):
                 input_ids[row, : len(tokens)] = tokens
                 attention_mask[row, : len(tokens)] = 1
-                position_ids[row, 1:] += offset
+                position_ids[row, 1: len(tokens)] += offset  # padding keeps positions the model has
             counts = [len(row[1]) for row in batch]
             row_index = np.repeat(np.arange(len(batch)), counts)
             positions = np.concatenate([row[1] for row in batch])
