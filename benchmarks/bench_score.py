@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Scoring throughput of `LogAnomalyPipeline` (the `log-anomaly` task), in sessions and events per second.
+"""Scoring throughput of `LogAnomalyPipeline` (the `log-anomaly` task): linear against exhaustive scoring.
 
+    PYTHONPATH=. python benchmarks/bench_score.py                       # HDFS and reference-like lengths, both modes
     PYTHONPATH=. python benchmarks/bench_score.py --model OUTPUT_DIR/best_model --data-dir /tmp/logbert-corpus
-    PYTHONPATH=. python benchmarks/bench_score.py --lengths heavy --num-sessions 48     # an untrained small model
 
-Scoring masks every event of a session once (plus the end-of-session slot), so a session of n events costs n + 1
-rows of about n tokens: throughput falls with the square of the session length, and --lengths matters. Without
---model, a freshly initialised model (the project's default size, or --config's) is saved with its token-id
-tokenizer and loaded back through `pipeline(...)`: throughput does not depend on the weights. Sessions are all
-different (the pipeline scores identical sessions once; real logs repeat many, so real streams go faster).
+Exhaustive scoring masks every event of a session alone and predicts it from its whole prefix: a session of n
+events costs 2n rows of up to n tokens, O(n^2). The default (linear) masks every k-th event in k replicas and
+predicts each event from at most 10 before it: about k + n rows of bounded length, O(n). Both modes score the same
+sessions with the same model in one run, alternating, the fastest of --repeats passes kept, so the ratios hold
+under a varying machine load. Without --model, a freshly initialised model (the project's default size, or
+--config's) is saved with its token-id tokenizer and loaded back through `pipeline(...)`: throughput does not
+depend on the weights. Sessions are all different (identical sessions are scored once; real logs repeat many).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def untrained_model_dir(config: str | None, directory: str) -> str:
     return directory
 
 
-def session_objects(args: argparse.Namespace, count: int) -> list[dict]:
+def session_objects(args: argparse.Namespace, lengths: str, count: int) -> list[dict]:
     """Sessions in the reference JSON format (`token_ids`, `attention_mask`, `event_sequence`, `session_id`)."""
     if args.data_dir:
         sessions = []
@@ -56,7 +58,7 @@ def session_objects(args: argparse.Namespace, count: int) -> list[dict]:
                 return sessions[:count]
         return sessions
     hdfs, _ = load_hdfs_sessions()
-    sampler = SessionSampler.fit(hdfs, args.lengths, services=32, vocab_size=10000, max_seq_length=512,
+    sampler = SessionSampler.fit(hdfs, lengths, services=32, vocab_size=10000, max_seq_length=512,
                                  seed=args.seed)
     tokens, offsets = sampler.sample_sessions(count, np.random.default_rng(args.seed))
     sessions = []
@@ -83,10 +85,14 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="A trained LogBERT folder (default: an untrained one).")
     parser.add_argument("--config", default=None, help="Model size of the untrained model (a YAML config).")
     parser.add_argument("--data-dir", default=None, help="Sessions from a generate_corpus.py corpus (else drawn).")
-    parser.add_argument("--lengths", choices=["heavy", "hdfs"], default="heavy", help="Drawn session lengths.")
-    parser.add_argument("--num-sessions", type=int, default=48, help="Sessions timed.")
+    parser.add_argument("--lengths", choices=["heavy", "hdfs"], nargs="+", default=["hdfs", "heavy"],
+                        help="Drawn session lengths: HDFS's (mean 18 events) and reference-like (mean ~150, max 510).")
+    parser.add_argument("--modes", nargs="+", default=["linear", "exhaustive"], help="Scoring modes compared.")
+    parser.add_argument("--num-sessions", type=int, default=None,
+                        help="Sessions timed per length profile (default: 400 at HDFS lengths, 24 at heavy ones).")
     parser.add_argument("--warmup-sessions", type=int, default=4, help="Sessions scored first, untimed.")
     parser.add_argument("--repeats", type=int, default=2, help="Timed passes per mode; the fastest is kept.")
+    parser.add_argument("--return-events", action="store_true", help="Build the per-event output too.")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--batch-tokens", type=int, default=65536, help="Tokens per forward pass.")
@@ -102,38 +108,47 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model or untrained_model_dir(args.config, temporary.name)
     detector = pipeline("log-anomaly", model=model_dir, pipeline_class=LogAnomalyPipeline, device=args.device,
                         dtype=getattr(torch, args.dtype))
-    sessions = session_objects(args, args.warmup_sessions + args.num_sessions)
-    warmup, timed = sessions[: args.warmup_sessions], sessions[args.warmup_sessions:]
-    detector(warmup, return_events=False, batch_tokens=args.batch_tokens)
-    events = sum(sum(s["attention_mask"]) - 2 for s in timed)
-
+    profiles = [args.data_dir] if args.data_dir else args.lengths
     results = {}
-    for return_events in (False, True):
-        seconds = float("inf")
-        for _ in range(args.repeats):  # the best of a few: the first pass also grows the allocator's pools
-            detector._cache.clear()  # every timed session is scored, none answered from the cache
-            seconds = min(seconds, time_scoring(detector, timed, return_events=return_events,
-                                                batch_tokens=args.batch_tokens))
-        results[f"return_events={return_events}"] = {
-            "seconds": seconds,
-            "sessions_per_second": len(timed) / seconds,
-            "events_per_second": events / seconds,
+    for profile in profiles:
+        count = args.num_sessions or (400 if profile == "hdfs" else 24)
+        sessions = session_objects(args, profile, args.warmup_sessions + count)
+        warmup, timed = sessions[: args.warmup_sessions], sessions[args.warmup_sessions:]
+        events = sum(sum(s["attention_mask"]) - 2 for s in timed)
+        seconds = dict.fromkeys(args.modes, float("inf"))
+        for mode in args.modes:
+            detector(warmup, return_events=False, batch_tokens=args.batch_tokens, scoring_mode=mode)
+        for _ in range(args.repeats):  # modes alternate, the best pass of each is kept: the load hits both alike
+            for mode in args.modes:
+                detector._cache.clear()  # every timed session is scored, none answered from the cache
+                seconds[mode] = min(seconds[mode], time_scoring(detector, timed, return_events=args.return_events,
+                                                                batch_tokens=args.batch_tokens, scoring_mode=mode))
+        results[profile] = {
+            "sessions": len(timed),
+            "mean_events_per_session": events / len(timed),
+            "max_events_per_session": max(sum(s["attention_mask"]) - 2 for s in timed),
+            **{mode: {"seconds": seconds[mode], "sessions_per_second": len(timed) / seconds[mode],
+                      "events_per_second": events / seconds[mode]} for mode in args.modes},
         }
     summary = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
         "model": args.model or f"untrained ({args.config or 'project default size'})",
         "parameters_millions": sum(p.numel() for p in detector.model.parameters()) / 1e6,
         "dtype": args.dtype,
-        "sessions": len(timed),
         "repeats": args.repeats,
-        "mean_events_per_session": events / len(timed),
-        "source": args.data_dir or f"drawn ({args.lengths} lengths)",
+        "return_events": args.return_events,
         "load_average": os.getloadavg()[0],
         "results": results,
     }
     print(json.dumps(summary, indent=2))
-    rows = [f"{'mode':22s} {'sessions/s':>11} {'events/s':>10}"]
-    rows += [f"{mode:22s} {r['sessions_per_second']:11.2f} {r['events_per_second']:10.0f}" for mode, r in results.items()]
+    baseline = args.modes[-1]
+    rows = [f"{'lengths':10s} {'mode':11s} {'sessions/s':>11} {'events/s':>10} {'vs ' + baseline:>14}"]
+    for profile, result in results.items():
+        for mode in args.modes:
+            r = result[mode]
+            ratio = r["sessions_per_second"] / result[baseline]["sessions_per_second"]
+            rows.append(f"{profile:10s} {mode:11s} {r['sessions_per_second']:11.2f} {r['events_per_second']:10.0f} "
+                        f"{ratio:13.2f}x")
     print("\n" + "\n".join(rows), file=sys.stderr)
     temporary.cleanup()
     return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,9 @@ import torch
 from transformers import AutoModelForMaskedLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .scoring import SCORE_NAMES, count_vector_key, event_scores, session_scores, window_spans
+from .scoring import (DEFAULT_MLM_PROBABILITY, DEFAULT_NEXT_EVENT_WINDOW, DEFAULT_SCORING_MODE, SCORE_NAMES,
+                      SCORING_MODES, NonFiniteScoreError, count_vector_key, event_scores, masking_groups,
+                      next_event_context, num_masking_replicas, session_scores, window_spans)
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +32,9 @@ TOKEN_IDS_KIND = "token_ids"
 KNOWN_COUNT_VECTORS_FILE = "known_count_vectors.npy"
 # What a model row scores: an event with the whole session around it, an event from the events before it only
 # (in the end slot), or the end slot after the whole session ([SEP]).
-MASKED, NEXT, END_SLOT = "masked", "next", "end"
+MASKED, NEXT, END_SLOT = 0, 1, 2
+# Logit entries (positions x vocabulary) reduced at once on the device: bounds the head's memory for any batch.
+LOGIT_ELEMENTS_PER_CHUNK = 1 << 24
 
 
 class LogAnomalyPipeline(Pipeline):
@@ -45,10 +50,14 @@ class LogAnomalyPipeline(Pipeline):
          "unseen", "top_candidates": [{"event", "probability"}, ...]}, ...]}
 
     Every event is masked once, and every event after the first is also predicted from the events before it
-    (deterministic: no random masks). Sessions longer than the model are scored in overlapping windows, and
-    identical sessions are scored once. Keyword arguments (at construction or per call):
+    (deterministic: no random masks). `scoring_mode="linear"` (the default) masks every k-th event per row
+    (k = round(1 / mlm_probability), as in training) and predicts event i from at most `next_event_window` events
+    before it: O(L) tokens for L events. `scoring_mode="exhaustive"` masks each event alone and predicts it from
+    its whole prefix: O(L^2). Sessions longer than the model are scored in overlapping windows, and identical
+    sessions are scored once (a bounded LRU cache across calls). Keyword arguments (at construction or per call):
     `threshold`, `num_candidates`, `score_name`, `top_n` (candidates listed per event), `return_events`,
-    `batch_tokens` (tokens per forward pass, bounding memory), `known_normal_gate`.
+    `batch_tokens` (padded tokens per forward pass, bounding memory), `known_normal_gate`, `scoring_mode`,
+    `next_event_window`.
 
     Known-normal gate: when the model folder holds `known_count_vectors.npy` (training writes it), a session whose
     event multiset occurs in the training data gets `anomaly_score` 0: training declared exactly that mix of events
@@ -60,6 +69,7 @@ class LogAnomalyPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = True
+    cache_size = 100_000  # distinct sessions whose per-event results are kept
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -72,7 +82,10 @@ class LogAnomalyPipeline(Pipeline):
         self.never_predicted_ids = sorted({tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.mask_token_id,
                                            tokenizer.unk_token_id})
         self.id_to_event = {index: token for token, index in tokenizer.get_vocab().items()}
-        self._cache: dict[tuple, dict] = {}
+        # Per-event results of recently scored distinct sessions (real logs repeat many), least recently used first.
+        self._cache: OrderedDict[tuple, dict] = OrderedDict()
+        self.num_replicas = num_masking_replicas(getattr(config, "mlm_probability", None) or DEFAULT_MLM_PROBABILITY)
+        self._warned_no_threshold = False
         self.known_count_vectors = _load_known_count_vectors(getattr(config, "_name_or_path", None)
                                                              or getattr(self.model, "name_or_path", None))
 
@@ -85,17 +98,21 @@ class LogAnomalyPipeline(Pipeline):
     # ---- Pipeline interface ---------------------------------------------------------------------------------------
 
     def _sanitize_parameters(self, threshold=None, num_candidates=None, score_name=None, top_n=None,
-                             return_events=None, batch_tokens=None, known_normal_gate=None, **kwargs):
+                             return_events=None, batch_tokens=None, known_normal_gate=None, scoring_mode=None,
+                             next_event_window=None, batch_size=None, **kwargs):
         postprocess = {}
         for name, value in (("threshold", threshold), ("num_candidates", num_candidates),
                             ("score_name", score_name), ("top_n", top_n), ("return_events", return_events),
-                            ("batch_tokens", batch_tokens), ("known_normal_gate", known_normal_gate)):
+                            ("batch_tokens", batch_tokens), ("known_normal_gate", known_normal_gate),
+                            ("scoring_mode", scoring_mode), ("next_event_window", next_event_window),
+                            ("batch_size", batch_size)):
             if value is not None:
                 postprocess[name] = value
         return {}, {}, postprocess
 
     def preprocess(self, session: Any) -> dict:
-        """One session -> {"input_ids": event token ids (no [CLS]/[SEP]), "events": names, "session_id"}."""
+        """One session -> {"input_ids": event token ids (no [CLS]/[SEP]), "events": names, "event_names": the
+        session's own names when they differ from the tokenizer's (token-id models), "session_id"}."""
         session_id = None
         token_ids = None
         if isinstance(session, dict):
@@ -121,29 +138,57 @@ class LogAnomalyPipeline(Pipeline):
             framing = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
             input_ids = [t for t in token_ids if t not in framing]
             input_ids = [t if 0 <= t < self.real_vocab_size else tokenizer.unk_token_id for t in input_ids]
-            names = [str(e) for e in events] if events is not None and len(events) == len(input_ids) \
-                else [self.id_to_event.get(t, str(t)) for t in input_ids]
+            # Events are named as the candidates are (the tokenizer's "#<id>"), so the two compare at a glance; the
+            # session's own names, when it has them, come along as "event_name".
+            names = [self.id_to_event.get(t, str(t)) for t in input_ids]
+            own_names = [str(e) for e in events] if events is not None and len(events) == len(input_ids) else None
         else:
-            names = [str(e) for e in events]
+            names, own_names = [str(e) for e in events], None
             vocab = tokenizer.get_vocab()
             input_ids = [vocab.get(name, tokenizer.unk_token_id) for name in names]
         if not input_ids:
             raise ValueError(f"empty session{' ' + str(session_id) if session_id else ''}: expected at least one event")
-        return {"input_ids": input_ids, "events": names, "session_id": session_id}
+        return {"input_ids": input_ids, "events": names, "event_names": own_names, "session_id": session_id}
 
-    def _forward(self, model_inputs: dict) -> dict:
-        """Logits only at the masked position of each row: (R, T) -> (R, V)."""
-        input_ids, attention_mask, positions = (model_inputs["input_ids"], model_inputs["attention_mask"],
-                                                model_inputs["positions"])
+    def _forward(self, model_inputs: dict, top_n: int = 3) -> dict:
+        """Scores of the true event at each masked position, reduced on the device.
+
+        Only the true event's probability, negative log-likelihood and rank and the `top_n` candidates leave the
+        device, never a full-vocabulary tensor: (R, T) rows -> (M,) and (M, top_n) for M masked positions.
+        """
+        input_ids, attention_mask = model_inputs["input_ids"], model_inputs["attention_mask"]
+        position_ids = model_inputs.get("position_ids")
+        rows, positions = model_inputs["row_index"], model_inputs["positions"]
         encoder, head = getattr(self.model, "bert", None), getattr(self.model, "cls", None)
-        rows = torch.arange(len(positions), device=input_ids.device)
         if encoder is not None and head is not None:
-            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (R, T, H)
-            logits = head(hidden[rows, positions])  # (R, V_padded)
+            hidden = encoder(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids).last_hidden_state  # (R, T, H)
+            picked = hidden[rows, positions]  # (M, H)
         else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits[rows, positions]
-        logits = logits[:, : self.real_vocab_size]
-        return {"logits": logits, "targets": model_inputs["targets"]}
+            picked = None
+            all_logits = self.model(input_ids=input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids).logits[rows, positions]
+        sep_id = self.tokenizer.sep_token_id
+        num_ranked = int(model_inputs["num_ranked"])  # the leading predictions that need a rank and candidates
+        outputs = []
+        # The head's (chunk, V) logits are the largest tensors: a bounded number of positions at once.
+        chunk = max(1, LOGIT_ELEMENTS_PER_CHUNK // self.real_vocab_size)
+        for begin in range(0, len(positions), chunk):
+            part = slice(begin, begin + chunk)
+            logits = head(picked[part]) if picked is not None else all_logits[part]  # (m, V_padded)
+            logits = logits[:, : self.real_vocab_size].float()
+            logits[:, self.never_predicted_ids] = float("-inf")  # in place: this chunk's own tensor
+            logits[~model_inputs["sep_allowed"][part], sep_id] = float("-inf")
+            outputs.append(event_scores(logits, model_inputs["targets"][part], [], top_n,
+                                        num_ranked=max(0, num_ranked - begin)))
+        scored = {name: torch.cat([o[name] for o in outputs]) for name in outputs[0]}
+        broken = ~torch.isfinite(scored["nll"])
+        if broken.any():
+            raise NonFiniteScoreError(
+                f"the model gave non-finite log-probabilities (NaN or infinity) for {int(broken.sum())} of "
+                f"{len(broken)} events: its weights or configuration are broken (e.g. a NaN in model.safetensors); "
+                "no verdict can be given")
+        return scored
 
     def postprocess(self, model_outputs, **kwargs):
         return model_outputs
@@ -151,39 +196,85 @@ class LogAnomalyPipeline(Pipeline):
     # ---- Batched scoring ------------------------------------------------------------------------------------------
 
     def __call__(self, inputs, **kwargs):
-        """Score one session or a list of sessions (see the class docstring)."""
-        single = _is_single_session(inputs)
-        sessions = [inputs] if single else list(inputs)
+        """Score one session, a list of sessions, or a stream of them (see the class docstring).
+
+        A generator, iterator or dataset (e.g. `KeyDataset`) is a stream of sessions: the results come back as an
+        iterator, scored a chunk at a time, as transformers pipelines do with generators.
+        """
         _, _, params = self._sanitize_parameters(**kwargs)
         params = {**self._postprocess_params, **params}
+        if _is_stream(inputs):
+            return self._score_stream(inputs, params)
+        if isinstance(inputs, np.ndarray):
+            inputs = inputs.tolist()
+        single = _is_single_session(inputs)
+        sessions = [inputs] if single else list(inputs)
         results = self.score(sessions, **params)
         return results[0] if single else results
 
+    def _score_stream(self, inputs, params: dict, chunk_size: int = 1024):
+        items = (inputs[index] for index in range(len(inputs))) if not isinstance(inputs, Iterable) else inputs
+        chunk = []
+        for session in items:
+            chunk.append(session)
+            if len(chunk) == chunk_size:
+                yield from self.score(chunk, **params)
+                chunk = []
+        if chunk:
+            yield from self.score(chunk, **params)
+
     def score(self, sessions: list, threshold: float | None = None, num_candidates: int | None = None,
               score_name: str | None = None, top_n: int = 3, return_events: bool = True,
-              batch_tokens: int = 65536, known_normal_gate: bool | None = None) -> list[dict]:
+              batch_tokens: int = 65536, known_normal_gate: bool | None = None, scoring_mode: str | None = None,
+              next_event_window: int | None = None, batch_size: int | None = None) -> list[dict]:
         config = self.model.config
+        batch_size = batch_size or getattr(self, "_batch_size", None)
         threshold = getattr(config, "anomaly_threshold", None) if threshold is None else threshold
+        if threshold is None and not self._warned_no_threshold:
+            logger.warning("This model has no calibrated threshold (a run stopped before calibration, or an older "
+                           "config.json): is_anomaly is null for every session. Run logbert-calibrate on normal "
+                           "sessions, or pass threshold=.")
+            self._warned_no_threshold = True
         num_candidates = num_candidates or getattr(config, "num_candidates", None) or DEFAULT_NUM_CANDIDATES
         score_name = score_name or getattr(config, "score_name", None) or DEFAULT_SCORE_NAME
         if score_name not in SCORE_NAMES:
             raise ValueError(f"score_name {score_name!r} is not one of {', '.join(SCORE_NAMES)}")
+        scoring_mode = scoring_mode or getattr(config, "scoring_mode", None) or DEFAULT_SCORING_MODE
+        if scoring_mode not in SCORING_MODES:
+            raise ValueError(f"scoring_mode {scoring_mode!r} is not one of {', '.join(SCORING_MODES)}")
+        next_event_window = (next_event_window or getattr(config, "next_event_window", None)
+                             or DEFAULT_NEXT_EVENT_WINDOW)
+        if next_event_window < 1:
+            raise ValueError(f"next_event_window must be at least 1, got {next_event_window}")
+        longest_row = self._padded_length(self.max_events + 2)
+        if batch_tokens < longest_row:
+            raise ValueError(f"batch_tokens {batch_tokens} cannot hold one row of this model ({longest_row} tokens, "
+                             f"its max_position_embeddings): raise it to at least {longest_row}")
         known = self.known_count_vectors if known_normal_gate in (None, True) else None
 
         prepared = [self.preprocess(session) for session in sessions]
-        unique = {}
+        mode_key = (top_n, scoring_mode, next_event_window if scoring_mode != "exhaustive" else None)
+        per_session: dict[tuple, dict] = {}  # this call's results: the LRU cache may evict before they are read
         for item in prepared:
-            unique.setdefault(tuple(item["input_ids"]), item)
-        pending = [key for key in unique if (key, top_n) not in self._cache]
-        for key, per_event in zip(pending, self._score_unique(pending, top_n, batch_tokens)):
-            self._cache[(key, top_n)] = per_event
+            key = tuple(item["input_ids"])
+            if key not in per_session and (cached := self._cache.get((key, mode_key))) is not None:
+                self._cache.move_to_end((key, mode_key))
+                per_session[key] = cached
+        pending = list(dict.fromkeys(tuple(item["input_ids"]) for item in prepared
+                                     if tuple(item["input_ids"]) not in per_session))
+        for key, per_event in zip(pending, self._score_unique(pending, top_n, batch_tokens, scoring_mode,
+                                                              next_event_window, batch_size)):
+            per_session[key] = per_event
+            self._cache[(key, mode_key)] = per_event
+        while len(self._cache) > self.cache_size:  # bounded memory for long streams: least recently used first
+            self._cache.popitem(last=False)
 
         results = []
         for item in prepared:
-            per_event = self._cache[(tuple(item["input_ids"]), top_n)]
+            per_event = per_session[tuple(item["input_ids"])]
             unseen = np.asarray(item["input_ids"]) == self.tokenizer.unk_token_id
             scores = session_scores(per_event["nll"], per_event["rank"], unseen, num_candidates,
-                                    float(per_event["end_nll"][0]), per_event["next_nll"])
+                                    float(per_event["end_nll"]), per_event["next_nll"])
             # A session with an [UNK] is never known: two different unseen events both read as [UNK].
             known_normal = known is not None and not unseen.any() and count_vector_key(item["input_ids"]) in known
             anomaly_score = 0.0 if known_normal else scores[score_name]
@@ -201,95 +292,160 @@ class LogAnomalyPipeline(Pipeline):
             if item["session_id"] is not None:
                 result = {"session_id": item["session_id"], **result}
             if return_events:
-                result["events"] = [
-                    {
-                        "position": position,
-                        "event": item["events"][position],
-                        "probability": float(per_event["probability"][position]),
-                        "rank": int(per_event["rank"][position]),
-                        # P(event | the events before it): None for the first event, which has no context.
-                        "next_probability": float(per_event["next_probability"][position]) if position else None,
-                        "is_miss": bool(per_event["rank"][position] > num_candidates or unseen[position]),
-                        "unseen": bool(unseen[position]),
-                        "top_candidates": [
-                            {"event": self.id_to_event.get(int(i), str(int(i))), "probability": float(p)}
-                            for i, p in zip(per_event["top_ids"][position], per_event["top_probs"][position])
-                        ],
-                    }
-                    for position in range(len(item["input_ids"]))
-                ]
+                result["events"] = self._event_details(item, per_event, unseen, num_candidates)
             results.append(result)
-        if len(self._cache) > 200_000:  # bounded memory for long streams
-            self._cache.clear()
         return results
 
-    def _score_unique(self, keys: list[tuple], top_n: int, batch_tokens: int) -> list[dict]:
-        """Per-event results of each distinct session, batched across sessions.
+    def _event_details(self, item: dict, per_event: dict, unseen: np.ndarray, num_candidates: int) -> list[dict]:
+        own_names = item.get("event_names")
+        return [
+            {
+                "position": position,
+                "event": item["events"][position],
+                **({"event_name": own_names[position]} if own_names else {}),
+                "probability": float(per_event["probability"][position]),
+                "rank": int(per_event["rank"][position]),
+                # P(event | the events before it): None for the first event, which has no context.
+                "next_probability": float(per_event["next_probability"][position]) if position else None,
+                "is_miss": bool(per_event["rank"][position] > num_candidates or unseen[position]),
+                "unseen": bool(unseen[position]),
+                "top_candidates": [
+                    {"event": self.id_to_event.get(int(i), str(int(i))), "probability": float(p)}
+                    for i, p in zip(per_event["top_ids"][position], per_event["top_probs"][position])
+                ],
+            }
+            for position in range(len(item["input_ids"]))
+        ]
 
-        Rows: each event masked inside its window (MASKED); each event after the first predicted from the events
-        before it in the end slot (NEXT); the end slot after the whole session, whose answer is [SEP] (END_SLOT).
+    def _padded_length(self, length: int) -> int:
+        # Tensor cores want multiples of 8; on a CPU the extra positions are only wasted work.
+        multiple = 8 if self.device.type == "cuda" else 1
+        return -(-length // multiple) * multiple
+
+    def _build_rows(self, keys: list[tuple], scoring_mode: str, next_event_window: int) -> tuple[list, list]:
+        """Model rows: (tokens with the targets in place, masked positions, kind, session, events, offset).
+
+        MASKED rows: a window of the session between [CLS] and [SEP], with a group of its events masked
+        (`masking_groups`: one event per row in exhaustive mode, every k-th event in linear mode). NEXT rows: the
+        events before event i (at most `next_event_window` of them, or the model's length in exhaustive mode) and
+        the end slot, whose answer is event i, at the positions they have in the session (`offset`: the position
+        ids of the events start at offset + 1). The END_SLOT row: the last window with its [SEP] masked.
+        A NEXT row identical to one already built (sessions share bounded contexts far more often than whole
+        sessions) is not built again: it is returned in `copies` as ((session, event) scored, (session, event)
+        that takes the same result).
         """
         tokenizer = self.tokenizer
-        cls_id, sep_id, mask_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id
-        rows = []  # (length, session index, event index, tokens with the target in place, target position, kind)
-        cls_tensor = torch.tensor([cls_id])
+        cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+        exhaustive = scoring_mode == "exhaustive"
+        replicas = None if exhaustive else self.num_replicas
+        context = self.max_events if exhaustive else min(next_event_window, self.max_events)
+        rows, copies, next_rows = [], [], {}
         for session_index, key in enumerate(keys):
-            events = torch.tensor(key)
-            windows = window_spans(len(key), self.max_events)
-            for window in windows:  # one tensor per window, shared by the rows that mask its events
-                window_tokens = torch.tensor([cls_id, *key[window.start: window.end], sep_id])
-                for event_index in range(window.score_start, window.score_end):
-                    rows.append((len(window_tokens), session_index, event_index, window_tokens,
-                                 event_index - window.start + 1, MASKED))
-            for event_index in range(1, len(key)):
-                start = max(0, event_index - self.max_events)
-                tokens = torch.cat((cls_tensor, events[start: event_index + 1]))
-                rows.append((len(tokens), session_index, event_index, tokens, len(tokens) - 1, NEXT))
-            # The end slot: the last window with its [SEP] masked.
-            rows.append((len(window_tokens), session_index, -1, window_tokens, len(window_tokens) - 1, END_SLOT))
-        rows.sort(key=lambda row: row[0])  # similar lengths together: little padding
+            events = np.asarray(key, dtype=np.int64)
+            for window in window_spans(len(events), self.max_events):
+                # one array per window, shared by the rows that mask its events
+                window_tokens = np.concatenate(([cls_id], events[window.start: window.end], [sep_id]))
+                for group in masking_groups(window.score_start, window.score_end, replicas):
+                    rows.append((window_tokens, group - window.start + 1, MASKED, session_index, group, 0))
+            for event_index in range(1, len(events)):
+                start, end = next_event_context(event_index, context)
+                # Linear mode: the context keeps the positions its events have in the session. The end slot was
+                # trained on prefixes from the session's start; a window read from position 1 looks like a session
+                # that starts mid-way (HDFS AUROC 0.936 against 0.9996), read in place it does not (0.9996).
+                offset = start if not exhaustive and end <= self.max_events else 0
+                row_key = (offset, key[start: end + 1])  # where the row sits, the context and the target
+                if (first := next_rows.setdefault(row_key, (session_index, event_index))) != (session_index,
+                                                                                              event_index):
+                    copies.append((first, (session_index, event_index)))
+                    continue
+                tokens = np.concatenate(([cls_id], events[start: end + 1]))  # the last one is the target
+                rows.append((tokens, np.array([len(tokens) - 1]), NEXT, session_index, np.array([event_index]), offset))
+            rows.append((window_tokens, np.array([len(window_tokens) - 1]), END_SLOT, session_index, np.array([0]), 0))
+        return rows, copies
 
-        outputs = [{"nll": np.zeros(len(k)), "rank": np.zeros(len(k), dtype=np.int64),
-                    "probability": np.zeros(len(k)), "top_ids": np.zeros((len(k), top_n), dtype=np.int64),
-                    "top_probs": np.zeros((len(k), top_n)), "next_nll": np.full(len(k), np.nan),
-                    "next_probability": np.full(len(k), np.nan), "end_nll": np.zeros(1),
-                    "end_probability": np.zeros(1)}
-                   for k in keys]
+    def _score_unique(self, keys: list[tuple], top_n: int, batch_tokens: int, scoring_mode: str = DEFAULT_SCORING_MODE,
+                      next_event_window: int = DEFAULT_NEXT_EVENT_WINDOW, batch_size: int | None = None) -> list[dict]:
+        """Per-event results of each distinct session, batched across sessions (see `_build_rows`).
+
+        Rows are sorted by length and cut into batches whose padded size (rows x longest row) never exceeds
+        `batch_tokens`, and of at most `batch_size` rows when one is given.
+        """
+        tokenizer = self.tokenizer
+        rows, copies = self._build_rows(keys, scoring_mode, next_event_window)
+        rows.sort(key=lambda row: len(row[0]))  # similar lengths together: little padding
+        padded = np.array([self._padded_length(len(row[0])) for row in rows], dtype=np.int64)
+
+        # Flat per-event outputs of all sessions; session s owns [offsets[s], offsets[s + 1]).
+        offsets = np.concatenate(([0], np.cumsum([len(key) for key in keys]))).astype(np.int64)
+        total = int(offsets[-1])
+        flat = {"nll": np.zeros(total), "rank": np.zeros(total, dtype=np.int64), "probability": np.zeros(total),
+                "top_ids": np.zeros((total, top_n), dtype=np.int64), "top_probs": np.zeros((total, top_n)),
+                "next_nll": np.full(total, np.nan), "next_probability": np.full(total, np.nan)}
+        end_nll, end_probability = np.zeros(len(keys)), np.zeros(len(keys))
+
         start = 0
         while start < len(rows):
-            padded = -(-rows[start][0] // 8) * 8
-            count = max(1, batch_tokens // padded)
-            batch = rows[start: start + count]
-            start += len(batch)
-            length = -(-batch[-1][0] // 8) * 8
-            input_ids = torch.full((len(batch), length), tokenizer.pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros_like(input_ids)
-            for row, (size, _, _, tokens, _, _) in enumerate(batch):
-                input_ids[row, :size] = tokens
-                attention_mask[row, :size] = 1
-            positions = torch.tensor([row[4] for row in batch])
-            targets = input_ids[torch.arange(len(batch)), positions].clone()
-            input_ids[torch.arange(len(batch)), positions] = mask_id
-            out = self.forward({"input_ids": input_ids, "attention_mask": attention_mask, "positions": positions,
-                                "targets": targets})
-            logits = out["logits"].float()
-            # [SEP] is a candidate only in the end slot (it was trained there); inside a session it is never the answer.
-            inside = torch.tensor([row[5] == MASKED for row in batch], device=logits.device)
-            logits[inside, sep_id] = float("-inf")
-            scored = event_scores(logits, out["targets"], self.never_predicted_ids, top_n)
-            scored = {name: value.cpu().numpy() for name, value in scored.items()}
-            for row, (_, session_index, event_index, _, _, kind) in enumerate(batch):
-                target = outputs[session_index]
-                if kind == END_SLOT:
-                    target["end_nll"][0] = scored["nll"][row]
-                    target["end_probability"][0] = scored["probability"][row]
-                elif kind == NEXT:
-                    target["next_nll"][event_index] = scored["nll"][row]
-                    target["next_probability"][event_index] = scored["probability"][row]
-                else:
-                    for name in ("nll", "rank", "probability", "top_ids", "top_probs"):
-                        target[name][event_index] = scored[name][row]
-        return outputs
+            end = _batch_end(padded, start, batch_tokens, batch_size)
+            batch = rows[start:end]
+            length = int(padded[end - 1])
+            start = end
+            input_ids = np.full((len(batch), length), tokenizer.pad_token_id, dtype=np.int64)
+            attention_mask = np.zeros_like(input_ids)
+            position_ids = np.broadcast_to(np.arange(length), input_ids.shape).copy()
+            for row, (tokens, *_, offset) in enumerate(batch):
+                input_ids[row, : len(tokens)] = tokens
+                attention_mask[row, : len(tokens)] = 1
+                position_ids[row, 1: len(tokens)] += offset  # padding keeps positions the model has
+            counts = [len(row[1]) for row in batch]
+            row_index = np.repeat(np.arange(len(batch)), counts)
+            positions = np.concatenate([row[1] for row in batch])
+            kinds = np.repeat([row[2] for row in batch], counts)
+            sessions = np.repeat([row[3] for row in batch], counts)
+            event_index = np.concatenate([row[4] for row in batch])
+            # Masked events first: only they need a rank and candidates (see event_scores' num_ranked).
+            order = np.argsort(kinds != MASKED, kind="stable")
+            row_index, positions, kinds, sessions, event_index = (
+                values[order] for values in (row_index, positions, kinds, sessions, event_index))
+            targets = input_ids[row_index, positions].copy()
+            input_ids[row_index, positions] = tokenizer.mask_token_id
+            scored = self.forward({"input_ids": torch.from_numpy(input_ids),
+                                   "attention_mask": torch.from_numpy(attention_mask),
+                                   "position_ids": torch.from_numpy(position_ids),
+                                   "row_index": torch.from_numpy(row_index), "positions": torch.from_numpy(positions),
+                                   "targets": torch.from_numpy(targets),
+                                   # [SEP] is a candidate only in the end slot (it was trained there); inside a
+                                   # session it is never the answer.
+                                   "sep_allowed": torch.from_numpy(kinds != MASKED),
+                                   "num_ranked": int(np.sum(kinds == MASKED))}, top_n=top_n)
+            scored = {name: value.numpy() for name, value in scored.items()}
+            flat_index = offsets[sessions] + event_index
+            for kind, names in ((MASKED, ("nll", "rank", "probability", "top_ids", "top_probs")),
+                                (NEXT, ("nll", "probability"))):
+                chosen = kinds == kind
+                for name in names:
+                    flat[("next_" + name) if kind == NEXT else name][flat_index[chosen]] = scored[name][chosen]
+            chosen = kinds == END_SLOT
+            end_nll[sessions[chosen]] = scored["nll"][chosen]
+            end_probability[sessions[chosen]] = scored["probability"][chosen]
+        if copies:
+            scored_at, copied_to = (np.array([offsets[s] + e for s, e in pairs]) for pairs in zip(*copies))
+            for name in ("next_nll", "next_probability"):
+                flat[name][copied_to] = flat[name][scored_at]
+
+        return [{**{name: values[offsets[s]: offsets[s + 1]].copy() for name, values in flat.items()},
+                 "end_nll": float(end_nll[s]), "end_probability": float(end_probability[s])}
+                for s in range(len(keys))]
+
+
+def _batch_end(padded: np.ndarray, start: int, batch_tokens: int, batch_size: int | None = None) -> int:
+    """End of the batch from `start` over rows sorted by padded length: rows x longest row <= batch_tokens.
+
+    The batch is padded to its longest row, the last one, so the count is bounded by that row, not the first.
+    """
+    end = min(len(padded), start + max(1, batch_tokens // int(padded[start])), start + (batch_size or len(padded)))
+    while end - start > 1 and (end - start) * int(padded[end - 1]) > batch_tokens:
+        end = start + max(1, batch_tokens // int(padded[end - 1]))
+    return end
 
 
 def _load_known_count_vectors(model_path: str | None) -> frozenset | None:
@@ -314,6 +470,14 @@ def write_known_count_vectors(directory, keys) -> str:
     path = os.path.join(str(directory), KNOWN_COUNT_VECTORS_FILE)
     np.save(path, np.array(sorted(keys), dtype=np.int64))
     return path
+
+
+def _is_stream(inputs: Any) -> bool:
+    """A generator, iterator or dataset of sessions (anything iterable or indexable but not a list, tuple,
+    array, dict or string): scored a chunk at a time, never inspected first (that would use a generator up)."""
+    if isinstance(inputs, (dict, str, bytes, list, tuple, np.ndarray)):
+        return False
+    return isinstance(inputs, Iterable) or (hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__"))
 
 
 def _is_single_session(inputs: Any) -> bool:

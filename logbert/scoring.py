@@ -20,6 +20,25 @@ END_SLOT_SCORES = ("next_max_nll", "combined", "end_nll")
 # Floor of an event's probability when turning it into a negative log-likelihood, so one impossible event
 # does not make the score infinite and swamp the ranking of every other session.
 MIN_PROBABILITY = 1e-12
+# The highest score an event can get (an unseen event, or one the model gives no chance): -log MIN_PROBABILITY.
+SCORE_CEILING = -math.log(MIN_PROBABILITY)
+
+# How many model rows a session costs (see `masking_groups`):
+# - "linear" (the default): every event is masked once among k replicas of its window, each masking the positions
+#   i with i mod k == r (k = round(1 / mlm_probability), so about as many events are masked as in training), and
+#   predicted left to right from at most `next_event_window` events before it. About k + L rows of bounded length
+#   for L events: O(L) tokens.
+# - "exhaustive": every event masked alone, and predicted from its whole prefix: 2L rows of up to L tokens, O(L^2).
+SCORING_MODES = ("linear", "exhaustive")
+DEFAULT_SCORING_MODE = "linear"
+# Events a left-to-right prediction sees in "linear" mode; DeepLog's window (Du et al., CCS'17) is 10.
+DEFAULT_NEXT_EVENT_WINDOW = 10
+# Training's masking rate when the model's config does not store one (DataCollatorForLanguageModeling's default).
+DEFAULT_MLM_PROBABILITY = 0.15
+
+
+class NonFiniteScoreError(ValueError):
+    """The model produced NaN or infinite log-probabilities: broken weights or inputs, never a verdict."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +74,39 @@ def window_spans(num_events: int, window: int, stride: int | None = None) -> lis
     return windows
 
 
-def event_scores(logits: torch.Tensor, targets: torch.Tensor, excluded_ids: list[int], top_n: int) -> dict:
+def num_masking_replicas(mlm_probability: float) -> int:
+    """k, the replicas per window in "linear" mode: each masks about `mlm_probability` of the events."""
+    if not 0 < mlm_probability <= 1:
+        raise ValueError(f"mlm_probability must be in (0, 1], got {mlm_probability}")
+    return max(1, round(1 / mlm_probability))
+
+
+def masking_groups(score_start: int, score_end: int, num_replicas: int | None) -> list[np.ndarray]:
+    """The event positions masked together in one row, for the scored positions [score_start, score_end).
+
+    Replica r masks the positions i with i mod k == r (k = `num_replicas`): the groups are disjoint and together
+    cover every scored position once, and each row masks ~1/k of its events, spread out as training masks them.
+    Positions are absolute (in the session), so the split does not depend on where a window starts. `None`
+    masks every position alone (the exhaustive mode). Empty groups (a window shorter than k) are left out.
+    """
+    positions = np.arange(score_start, score_end)
+    if num_replicas is None:
+        return [positions[i: i + 1] for i in range(len(positions))]
+    if num_replicas < 1:
+        raise ValueError("num_replicas must be at least 1")
+    groups = [positions[positions % num_replicas == replica] for replica in range(num_replicas)]
+    return [group for group in groups if len(group)]
+
+
+def next_event_context(event_index: int, window: int) -> tuple[int, int]:
+    """[start, end) of the events that predict event `event_index` left to right: at most `window` events before it."""
+    if window < 1:
+        raise ValueError("the next-event window must hold at least one event")
+    return max(0, event_index - window), event_index
+
+
+def event_scores(logits: torch.Tensor, targets: torch.Tensor, excluded_ids: list[int], top_n: int,
+                 num_ranked: int | None = None) -> dict:
     """Probability, rank and negative log-likelihood of each true event, and the model's top candidates.
 
     Args:
@@ -63,19 +114,31 @@ def event_scores(logits: torch.Tensor, targets: torch.Tensor, excluded_ids: list
         targets: (N,) the true token ids.
         excluded_ids: ids that are never a prediction ([PAD], [CLS], [SEP], [MASK], [UNK]).
         top_n: how many candidates to return.
+        num_ranked: only the first `num_ranked` rows get a rank and candidates (the others, left-to-right and end
+            slot predictions, need only their probability; rank 0, candidates 0): the (N, V) comparisons are the
+            most costly part. None: every row.
     Returns:
         dict of tensors: probability (N,), nll (N,), rank (N,) 1-based, top_ids (N, top_n), top_probs (N, top_n).
     """
-    logits = logits.float().clone()
+    # No (N, V) log-softmax is materialised: log P = logit - logsumexp, and ranks compare logits directly.
+    logits = logits.float()
     if excluded_ids:
-        logits[:, excluded_ids] = float("-inf")
-    log_probs = torch.log_softmax(logits, dim=-1)
-    target_log_probs = log_probs.gather(1, targets[:, None]).squeeze(1)  # -inf for an excluded target ([UNK])
-    rank = (log_probs > target_log_probs[:, None]).sum(dim=1) + 1
+        logits = logits.index_fill(1, torch.tensor(excluded_ids, device=logits.device), float("-inf"))
+    normaliser = torch.logsumexp(logits, dim=-1)  # (N,)
+    target_logits = logits.gather(1, targets[:, None]).squeeze(1)  # -inf for an excluded target ([UNK])
+    target_log_probs = target_logits - normaliser
     probability = target_log_probs.exp()
     nll = -torch.clamp(target_log_probs, min=math.log(MIN_PROBABILITY))
-    top_probs, top_ids = log_probs.topk(min(top_n, log_probs.size(1)), dim=-1)
-    return {"probability": probability, "nll": nll, "rank": rank, "top_ids": top_ids, "top_probs": top_probs.exp()}
+    ranked = len(logits) if num_ranked is None else min(num_ranked, len(logits))
+    top_n = min(top_n, logits.size(1))
+    rank = torch.zeros(len(logits), dtype=torch.long, device=logits.device)
+    top_ids = torch.zeros((len(logits), top_n), dtype=torch.long, device=logits.device)
+    top_probs = torch.zeros((len(logits), top_n), device=logits.device)
+    if ranked:
+        rank[:ranked] = (logits[:ranked] > target_logits[:ranked, None]).sum(dim=1) + 1
+        top_logits, top_ids[:ranked] = logits[:ranked].topk(top_n, dim=-1)
+        top_probs[:ranked] = (top_logits - normaliser[:ranked, None]).exp()
+    return {"probability": probability, "nll": nll, "rank": rank, "top_ids": top_ids, "top_probs": top_probs}
 
 
 def session_scores(nll: np.ndarray, rank: np.ndarray, unseen: np.ndarray, num_candidates: int,

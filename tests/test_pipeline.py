@@ -1,6 +1,8 @@
 """The log-anomaly pipeline on a tiny model trained on the bundled sample: determinism, windows, reloading."""
 
+import copy
 import json
+import logging
 import math
 import os
 import shutil
@@ -8,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from transformers import pipeline
 
 from logbert import LogAnomalyPipeline
@@ -175,3 +178,152 @@ def test_an_unknown_score_name_is_a_clear_error(detector):
     with pytest.raises(ValueError, match="score_name 'nope' is not one of"):
         detector(NORMAL, score_name="nope")
     assert detector(NORMAL, score_name="miss_ratio")["score_name"] == "miss_ratio"
+
+
+# ---- Scoring modes: linear (the default) and exhaustive --------------------------------------------------------------
+
+LONG = (NORMAL.split() * 2)[:30]  # longer than the 10-event left-to-right window
+
+
+def reference_scores(detector, events, groups, context, in_place=False):
+    """The definition, one unbatched, unpadded model call per row: P(event) with its group masked, and
+    P(event i | at most `context` events before it) in the end slot, read at their session positions `in_place`."""
+    tokenizer, model = detector.tokenizer, detector.model
+    ids = [tokenizer.get_vocab()[e] for e in events]
+    vocab = detector.real_vocab_size
+
+    def probabilities(row, positions, sep_allowed, offset=0):
+        input_ids = torch.tensor([row])
+        targets = input_ids[0, positions].clone()
+        input_ids[0, positions] = tokenizer.mask_token_id
+        position_ids = torch.arange(len(row))[None]
+        position_ids[0, 1:] += offset
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, position_ids=position_ids).logits[0, positions, :vocab].float()
+        logits[:, detector.never_predicted_ids] = float("-inf")
+        if not sep_allowed:
+            logits[:, tokenizer.sep_token_id] = float("-inf")
+        return torch.log_softmax(logits, -1).gather(1, targets[:, None]).squeeze(1).exp().tolist()
+
+    masked = [None] * len(ids)
+    full = [tokenizer.cls_token_id, *ids, tokenizer.sep_token_id]
+    for group in groups:
+        for position, p in zip(group, probabilities(full, [g + 1 for g in group], False)):
+            masked[position] = p
+    following = [None] + [probabilities([tokenizer.cls_token_id, *ids[max(0, i - context): i + 1]],
+                                        [min(i, context) + 1], True, max(0, i - context) if in_place else 0)[0]
+                          for i in range(1, len(ids))]
+    return masked, following
+
+
+@pytest.mark.parametrize("mode", ["linear", "exhaustive"])
+def test_each_mode_scores_every_event_as_defined(detector, mode):
+    result = detector(LONG, scoring_mode=mode)
+    if mode == "exhaustive":
+        groups, context = [[i] for i in range(len(LONG))], len(LONG)
+    else:
+        k = detector.num_replicas
+        assert k == 7  # round(1 / 0.15): the model's config stores no mlm_probability
+        groups, context = [[i for i in range(len(LONG)) if i % k == r] for r in range(k)], 10
+    masked, following = reference_scores(detector, LONG, groups, context, in_place=mode == "linear")
+    assert [e["probability"] for e in result["events"]] == pytest.approx(masked, abs=1e-5)
+    assert [e["next_probability"] for e in result["events"]][1:] == pytest.approx(following[1:], abs=1e-5)
+    assert all(e["probability"] > 0 for e in result["events"])
+
+
+def test_linear_and_exhaustive_differ_only_in_bounded_context_and_masking(detector):
+    short = NORMAL.split()[:9]  # shorter than the window: the same left-to-right rows in both modes
+    linear, exhaustive = (detector(short, scoring_mode=mode) for mode in ("linear", "exhaustive"))
+    for a, b in zip(linear["events"][1:], exhaustive["events"][1:]):
+        assert a["next_probability"] == pytest.approx(b["next_probability"], abs=1e-5)
+    assert linear["end_nll"] == pytest.approx(exhaustive["end_nll"], abs=1e-5)
+    with pytest.raises(ValueError, match="scoring_mode 'nope' is not one of"):
+        detector(NORMAL, scoring_mode="nope")
+
+
+@pytest.mark.parametrize("mode", ["linear", "exhaustive"])
+def test_long_sessions_get_a_score_for_every_event_in_each_mode(detector, mode):
+    max_events = detector.model.config.max_position_embeddings - 2
+    long_session = (NORMAL.split() * 20)[: max_events * 2 + 17]
+    result = detector(long_session, scoring_mode=mode)
+    assert [e["position"] for e in result["events"]] == list(range(len(long_session)))
+    assert all(e["probability"] > 0 for e in result["events"])
+    assert all(0 < e["next_probability"] <= 1 for e in result["events"][1:])
+
+
+def test_batch_size_and_batch_tokens_change_no_score_and_bound_every_forward(detector, monkeypatch):
+    max_events = detector.model.config.max_position_embeddings - 2
+    sessions = [NORMAL, "22 5 5", LONG, (NORMAL.split() * 20)[: max_events + 40], "5", "22 5 5 5 26 26 11 9"]
+    shapes = []
+    original = detector._forward
+    monkeypatch.setattr(detector, "_forward", lambda inputs, **kw: shapes.append(inputs["input_ids"].shape)
+                        or original(inputs, **kw))
+    for mode in ("linear", "exhaustive"):
+        detector._cache.clear()
+        expected = detector(sessions, scoring_mode=mode)
+        for settings in ({"batch_tokens": 128}, {"batch_tokens": 300}, {"batch_size": 1}, {"batch_size": 5}):
+            detector._cache.clear()
+            shapes.clear()
+            results = detector(sessions, scoring_mode=mode, **settings)
+            assert all(rows * length <= settings.get("batch_tokens", 65536) for rows, length in shapes)
+            assert all(rows <= settings.get("batch_size", rows) for rows, _ in shapes)
+            for a, b in zip(expected, results):
+                assert b["anomaly_score"] == pytest.approx(a["anomaly_score"], abs=1e-5)
+                assert [e["probability"] for e in b["events"]] == pytest.approx(
+                    [e["probability"] for e in a["events"]], abs=1e-5)
+    with pytest.raises(ValueError, match="batch_tokens 64 cannot hold one row"):
+        detector(NORMAL, batch_tokens=64)
+
+
+def test_a_generator_of_sessions_is_scored_not_used_up(detector):
+    as_list = detector([NORMAL, "22 5 5"], return_events=False)
+    streamed = detector((s for s in [NORMAL, "22 5 5"]), return_events=False)
+    assert [r["anomaly_score"] for r in streamed] == [r["anomaly_score"] for r in as_list]
+
+
+def test_the_cache_is_bounded_and_keeps_recent_sessions(detector, monkeypatch):
+    detector._cache.clear()
+    monkeypatch.setattr(detector, "cache_size", 2)
+    detector(["22 5 5", "22 5", "5 5"], return_events=False)
+    assert len(detector._cache) == 2
+    assert {key[0] for key in detector._cache} == {(tuple(detector.tokenizer.convert_tokens_to_ids(s.split())))
+                                                   for s in ("22 5", "5 5")}
+
+
+def test_non_finite_scores_are_an_error_not_a_verdict(detector):
+    broken = copy.deepcopy(detector.model)
+    with torch.no_grad():
+        broken.bert.embeddings.LayerNorm.weight[0] = float("nan")
+    nan_detector = LogAnomalyPipeline(model=broken, tokenizer=detector.tokenizer, device="cpu")
+    with pytest.raises(ValueError, match="non-finite"):
+        nan_detector(NORMAL)
+
+
+def test_a_model_without_a_threshold_warns(detector, caplog):
+    model = copy.deepcopy(detector.model)
+    model.config.anomaly_threshold = None
+    uncalibrated = LogAnomalyPipeline(model=model, tokenizer=detector.tokenizer, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="logbert.pipeline"):
+        result = uncalibrated(NORMAL, return_events=False)
+    assert result["is_anomaly"] is None
+    assert "no calibrated threshold" in caplog.text
+
+
+def test_token_id_models_name_events_and_candidates_alike(tmp_path):
+    from logbert.config import parse_args
+    from logbert.data import TOKEN_IDS_KIND
+    from logbert.export import save_model_folder
+    from logbert.model import build_model
+    from logbert.tokenizer import build_token_id_tokenizer
+
+    model_args, _, _, _ = parse_args(["--config", "configs/tiny.yaml", "--vocab_size", "200",
+                                      "--output_dir", str(tmp_path)])
+    tokenizer = build_token_id_tokenizer(model_args.vocab_size)
+    torch.manual_seed(0)
+    save_model_folder(build_model(model_args, tokenizer, TOKEN_IDS_KIND), tokenizer, str(tmp_path / "model"))
+    token_detector = pipeline("log-anomaly", model=str(tmp_path / "model"), pipeline_class=LogAnomalyPipeline,
+                              device="cpu", threshold=1.0)
+    result = token_detector({"token_ids": [101, 150, 151, 102], "event_sequence": ["5", "22"]})
+    assert [e["event"] for e in result["events"]] == ["#150", "#151"]
+    assert [e["event_name"] for e in result["events"]] == ["5", "22"]
+    assert all(c["event"].startswith("#") for e in result["events"] for c in e["top_candidates"])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from logbert.scoring import (MIN_PROBABILITY, calibrate_threshold, count_vector_key, event_scores, session_scores,
-                             window_spans)
+from logbert.scoring import (MIN_PROBABILITY, calibrate_threshold, count_vector_key, event_scores, masking_groups,
+                             next_event_context, num_masking_replicas, session_scores, window_spans)
 
 
 def test_event_scores_rank_probability_and_candidates():
@@ -108,3 +108,39 @@ def test_threshold_needs_sessions_and_a_valid_rate():
         calibrate_threshold(np.array([]), 0.01)
     with pytest.raises(ValueError):
         calibrate_threshold(np.array([1.0]), 1.5)
+
+
+@pytest.mark.parametrize("mlm_probability,replicas", [(0.15, 7), (0.5, 2), (1.0, 1), (0.1, 10), (0.3, 3)])
+def test_replicas_mask_about_the_training_share(mlm_probability, replicas):
+    assert num_masking_replicas(mlm_probability) == replicas
+    with pytest.raises(ValueError, match="mlm_probability"):
+        num_masking_replicas(0)
+
+
+@pytest.mark.parametrize("num_events,window,replicas", [(1, 10, 7), (5, 10, 7), (7, 10, 7), (30, 10, 7),
+                                                        (300, 126, 7), (1000, 510, 3), (513, 510, 7)])
+def test_every_event_is_masked_exactly_once_per_replica_set(num_events, window, replicas):
+    masked = []
+    for span in window_spans(num_events, window):
+        groups = masking_groups(span.score_start, span.score_end, replicas)
+        assert len(groups) <= replicas and all(len(group) for group in groups)
+        for group in groups:
+            assert np.all((span.start <= group) & (group < span.end))  # masked inside the row's window
+            assert len(set(group % replicas)) == 1  # one replica: one residue
+            # about 1/k of the row is masked, as in training
+            assert len(group) <= -(-(span.score_end - span.score_start) // replicas)
+            masked.extend(group.tolist())
+    assert sorted(masked) == list(range(num_events))  # each event once, none twice
+
+
+def test_exhaustive_groups_mask_each_event_alone():
+    groups = masking_groups(3, 9, None)
+    assert [group.tolist() for group in groups] == [[i] for i in range(3, 9)]
+
+
+def test_next_event_context_is_bounded_and_ends_right_before_the_event():
+    for event_index in range(1, 40):
+        start, end = next_event_context(event_index, 10)
+        assert end == event_index and end - start == min(event_index, 10)
+    with pytest.raises(ValueError):
+        next_event_context(3, 0)
