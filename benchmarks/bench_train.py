@@ -306,9 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     elif args.device == "cpu" and torch.get_num_threads() > 1 and os.getloadavg()[0] >= os.cpu_count():
-        # Measured on the busy 2-core machine (benchmarks/README.md, hdfs-text): with 2 threads the default's step went
-        # from ~0.25 to 1.4-2.4 s and the ratio from ~7x to 1.8-2.6x; its many small operators each wait (and spin)
-        # for a second thread that other jobs hold, the naive setup's few large ones much less.
+        # Measured on the busy 2-core machine (benchmarks/README.md, hdfs-text): with 2 threads, in two runs of three,
+        # the default's step went from ~0.25 to 1.4-2.4 s and the ratio from ~7x to 1.8-2.6x; its many small operators
+        # each wait (and spin) for a second thread that other jobs hold, the naive setup's few large ones much less.
         logging.getLogger(__name__).warning(
             "%d intra-op threads on a CPU with load average %.1f: the default / naive ratio will mostly measure thread "
             "waits; pass --threads 1", torch.get_num_threads(), os.getloadavg()[0])
