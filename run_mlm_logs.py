@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- Model ------------------------------------------------------------------------------------------------------
     model = build_model(model_args, tokenizer, corpus.kind)
+    # Saved in config.json with every export: how the pipeline scores this model by default.
+    model.config.update({"mlm_probability": data_args.mlm_probability, "scoring_mode": scoring_args.scoring_mode,
+                         "next_event_window": scoring_args.next_event_window})
 
     def export(model_to_save, subdirectory: str | None, metrics: dict | None = None) -> None:
         directory = os.path.join(output_dir, subdirectory) if subdirectory else output_dir

@@ -40,7 +40,7 @@ from logbert.tokenizer import build_token_id_tokenizer
 
 def untrained_model_dir(config: str | None, directory: str) -> str:
     """A model folder as training writes it, with freshly initialised weights."""
-    model_args, _, _, _ = parse_args([*(["--config", config] if config else []), "--output_dir", directory])
+    model_args = parse_args([*(["--config", config] if config else []), "--output_dir", directory]).model
     tokenizer = build_token_id_tokenizer(model_args.vocab_size)
     torch.manual_seed(0)
     model = build_model(model_args, tokenizer, TOKEN_IDS_KIND)

@@ -6,51 +6,81 @@ import itertools
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from .scoring import calibrate_threshold, count_vector_key
 
 logger = logging.getLogger(__name__)
 
+# Sessions scored per call while calibrating: the progress bar moves, and memory stays bounded.
+CALIBRATION_CHUNK = 1024
+
 # Scoring settings stored in config.json next to the weights, read by the pipeline by default.
-SCORING_CONFIG_KEYS = ("anomaly_threshold", "model_only_threshold", "threshold_target_fpr", "score_name",
-                       "num_candidates", "calibration_sessions")
+SCORING_CONFIG_KEYS = ("anomaly_threshold", "model_only_threshold", "threshold_method", "tail_fit",
+                       "threshold_target_fpr", "score_name", "num_candidates", "calibration_sessions",
+                       "calibration_sessions_with_unseen_events", "scoring_mode", "next_event_window")
 
 
 def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: str | None = None,
-              num_candidates: int | None = None) -> dict[str, Any]:
+              num_candidates: int | None = None, **score_kwargs) -> dict[str, Any]:
     """Threshold from held-out normal sessions at a target false-positive rate; no label is needed.
 
-    Returns the scoring settings to store in the model's config.json: `anomaly_threshold` for the pipeline's
-    `anomaly_score` (known-normal gate included when the model has one) and `model_only_threshold` for
-    `model_score`, the model alone, which the evaluation report shows beside it.
+    Returns the scoring settings to store in the model's config.json:
+    - `model_only_threshold`, for `model_score` (the model alone): the tail of the normal scores fitted with a
+      generalized Pareto distribution (`logbert.tail_fit`, SPOT), or their empirical quantile when the fit is poor
+      (`threshold_method` says which, `tail_fit` holds the fit). Sessions with an event unseen in training score at
+      the ceiling whatever the model thinks, so they are left out; a threshold at the ceiling is an error.
+    - `anomaly_threshold`, for the pipeline's `anomaly_score` (known-normal gate included when the model has one):
+      the empirical quantile, since gated scores pile up at 0. When the gate knows every calibration session
+      that quantile is 0, which would flag every new event multiset; the model's own threshold is used instead.
     """
-    results = detector.score(normal_sessions, return_events=False, score_name=score_name,
-                             num_candidates=num_candidates, threshold=float("inf"))
+    from .tail_fit import tail_threshold
+
+    results = []
+    with tqdm(total=len(normal_sessions), unit="session", desc="Calibrating") as progress:
+        for start in range(0, len(normal_sessions), CALIBRATION_CHUNK):
+            chunk = normal_sessions[start: start + CALIBRATION_CHUNK]
+            # Identical sessions are scored once (the pipeline's cache), so repeats cost nothing.
+            results += detector.score(chunk, return_events=False, score_name=score_name,
+                                      num_candidates=num_candidates, threshold=float("inf"), **score_kwargs)
+            progress.update(len(chunk))
+    if not results:
+        raise ValueError("no calibration session: give normal sessions to set the threshold on")
     scores = np.array([r["anomaly_score"] for r in results])
-    threshold = calibrate_threshold(scores, target_fpr)
-    model_only_threshold = calibrate_threshold(np.array([r["model_score"] for r in results]), target_fpr)
-    if all(r["known_count_vector"] for r in results):  # None (no gate) is falsy
+    seen = [r for r in results if not r.get("num_unseen")]
+    if not seen:
+        raise ValueError(f"every one of the {len(results)} calibration sessions holds an event unseen in training, "
+                         "so the model cannot tell them apart: calibrate on sessions from the training data's system")
+    fit = tail_threshold(np.array([r["model_score"] for r in seen]), target_fpr)
+    model_only_threshold = fit["threshold"]
+    gate = results[0]["known_count_vector"] is not None
+    threshold = calibrate_threshold(np.array([r["anomaly_score"] for r in seen]), target_fpr) if gate \
+        else model_only_threshold
+    if gate and all(r["known_count_vector"] for r in results):
+        logger.warning("All %d calibration sessions repeat an event multiset known from training, so the gate alone "
+                       "gives no threshold: sessions with a new multiset are judged by the model at its own "
+                       "threshold %.4g (%s).", len(results), model_only_threshold, fit["threshold_method"])
+        threshold = model_only_threshold
+    if target_fpr * len(seen) < 1 and fit["threshold_method"] != "gpd_tail":
         logger.warning(
-            "Every one of the %d calibration sessions has an event multiset known from training, so the known-normal "
-            "gate scores them all 0 and the threshold is 0: every session with a new multiset will be flagged (the "
-            "count-vector baseline). The model's own threshold (model_only_threshold) is %.4g.",
-            len(results), model_only_threshold)
-    if target_fpr * len(scores) < 1:
-        logger.warning(
-            "A false-positive rate of %g cannot be estimated from %d normal sessions: the threshold is their highest "
-            "score, so one unusual normal session sets it. Hold out more sessions (at least %d) or raise the target.",
-            target_fpr, len(scores), int(np.ceil(1 / target_fpr)) if target_fpr > 0 else 0)
+            "A false-positive rate of %g cannot be read off %d normal sessions, and the tail fit was not usable: the "
+            "threshold is their highest score. Hold out more sessions (at least %d) or raise the target.",
+            target_fpr, len(seen), int(np.ceil(1 / target_fpr)))
     return {
         "anomaly_threshold": threshold,
         "model_only_threshold": model_only_threshold,
+        "threshold_method": fit["threshold_method"],
+        "tail_fit": fit["tail_fit"],
         "threshold_target_fpr": target_fpr,
         "score_name": results[0]["score_name"],
         "num_candidates": num_candidates or getattr(detector.model.config, "num_candidates", None) or 5,
         "calibration_sessions": len(scores),
+        "calibration_sessions_with_unseen_events": len(results) - len(seen),
     }
 
 
@@ -146,8 +176,11 @@ def calibrate_model_folder(directory: str | os.PathLike, normal_sessions: list, 
     from .cli import load_detector  # the pipeline (and torch) only when a model is really calibrated
     from .export import write_model_card
 
+    started = time.perf_counter()
     detector = load_detector(str(directory), device=device)
     settings = calibrate(detector, normal_sessions, target_fpr, score_name, num_candidates)
     apply_scoring_config(directory, settings)
     write_model_card(directory)
+    logger.info("Calibrated %s on %d validation sessions in %.1f s", directory, len(normal_sessions),
+                time.perf_counter() - started)
     return settings

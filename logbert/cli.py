@@ -38,6 +38,12 @@ class ScoreArguments:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... Default: a GPU when present."})
     dtype: str | None = field(default=None, metadata={"help": "float32, float16 or bfloat16 (GPU). Default: float32."})
     chunk_size: int = field(default=2048, metadata={"help": "Sessions scored together (bounds memory)."})
+    scoring_mode: str | None = field(
+        default=None, metadata={"help": "linear (O(L) per session) or exhaustive (O(L^2), the earlier scoring). "
+                                "Default: the model's setting.", "choices": ["linear", "exhaustive"]})
+    next_event_window: int | None = field(
+        default=None, metadata={"help": "Events a left-to-right score reads (linear mode). Default: the model's."})
+    batch_size: int | None = field(default=None, metadata={"help": "Model rows per forward pass (at most)."})
     skip_bad_records: bool = field(default=False, metadata={"help": "Quarantine unreadable records, not fail."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own pipeline code."})
 
@@ -62,7 +68,19 @@ class EvaluateArguments:
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda ... Default: a GPU when present."})
     dtype: str | None = field(default=None, metadata={"help": "float32, float16 or bfloat16 (GPU)."})
+    scoring_mode: str | None = field(
+        default=None, metadata={"help": "linear (O(L) per session) or exhaustive (O(L^2), the earlier scoring). "
+                                "Default: the model's setting.", "choices": ["linear", "exhaustive"]})
+    next_event_window: int | None = field(
+        default=None, metadata={"help": "Events a left-to-right score reads (linear mode). Default: the model's."})
+    batch_size: int | None = field(default=None, metadata={"help": "Model rows per forward pass (at most)."})
     skip_bad_records: bool = field(default=False, metadata={"help": "Quarantine unreadable records, not fail."})
+
+
+def scoring_settings(args) -> dict:
+    """The pipeline keyword arguments a command's flags set (None: the model's own setting)."""
+    names = ("scoring_mode", "next_event_window", "batch_size")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def load_detector(model: str, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
@@ -141,7 +159,7 @@ def _score(args: ScoreArguments) -> int:
             sessions = iter_sessions(files, args.skip_bad_records, rejected)
             for path, number, label, result in score_stream(
                     detector, sessions, args.chunk_size, rejected=rejected if args.skip_bad_records else None,
-                    threshold=args.threshold,
+                    threshold=args.threshold, **scoring_settings(args),
                     num_candidates=args.num_candidates, return_events=args.return_events):
                 record = {"file": path, "record": number, **({"label": label} if label >= 0 else {}), **result}
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
@@ -236,6 +254,7 @@ def _evaluate(args: EvaluateArguments) -> int:
 
     detector = load_detector(args.model, args.device, args.dtype)
     results = [result for *_, result in score_stream(detector, iter(items), total=len(items), return_events=False,
+                                                     **scoring_settings(args),
                                                      threshold=args.threshold)]
     threshold = results[0]["threshold"]
     if threshold is None:
@@ -347,6 +366,12 @@ class CalibrateArguments:
     )
     target_fpr: float = field(default=0.001, metadata={"help": "Share of --normal sessions flagged."})
     score_name: str | None = field(default=None, metadata={"help": "Session score to threshold."})
+    scoring_mode: str | None = field(
+        default=None, metadata={"help": "linear (O(L) per session) or exhaustive (O(L^2), the earlier scoring). "
+                                "Default: the model's setting.", "choices": ["linear", "exhaustive"]})
+    next_event_window: int | None = field(
+        default=None, metadata={"help": "Events a left-to-right score reads (linear mode). Default: the model's."})
+    batch_size: int | None = field(default=None, metadata={"help": "Model rows per forward pass (at most)."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda ... Default: a GPU when present."})
 
 
@@ -361,7 +386,7 @@ def _calibrate(args: CalibrateArguments) -> int:
     detector = load_detector(args.model, args.device)
     if args.normal:
         sessions = [s for _, _, s, _ in iter_sessions(expand_inputs(args.normal, "--normal"))]
-        settings = calibrate(detector, sessions, args.target_fpr, args.score_name)
+        settings = calibrate(detector, sessions, args.target_fpr, args.score_name, **scoring_settings(args))
     else:
         items = list(iter_sessions(expand_inputs(args.dev, "--dev")))
         if any(label not in (0, 1) for *_, label in items):

@@ -267,12 +267,23 @@ class ScoringArguments:
     calibration_max_sessions: int = field(
         default=20000, metadata={"help": "Validation sessions scored for the threshold (the first N)."}
     )
+    scoring_mode: str = field(
+        default="linear",
+        metadata={"help": "'linear': every event masked once among round(1/mlm_probability) rows per window and "
+                  "predicted left to right from at most --next_event_window events, O(L) tokens per session. "
+                  "'exhaustive': one row per event and per prefix, O(L^2).", "choices": ["linear", "exhaustive"]},
+    )
+    next_event_window: int = field(
+        default=10, metadata={"help": "Events before event i that its left-to-right score reads (DeepLog uses 10)."}
+    )
 
     def __post_init__(self):
         if not 0 < self.threshold_target_fpr < 1:
             raise ValueError("--threshold_target_fpr must be in (0, 1).")
         if self.num_candidates < 1:
             raise ValueError("--num_candidates must be at least 1.")
+        if self.next_event_window < 1:
+            raise ValueError("--next_event_window must be at least 1.")
 
 
 ALL_ARGUMENT_CLASSES = (ModelArguments, DataArguments, ReferenceArguments, LogBertTrainingArguments, ScoringArguments)

@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForMaskedLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .session import FRAME_TOKEN_IDS, SessionError, normalize_session
 from .scoring import (DEFAULT_MLM_PROBABILITY, DEFAULT_NEXT_EVENT_WINDOW, DEFAULT_SCORING_MODE, SCORE_NAMES,
                       SCORING_MODES, NonFiniteScoreError, count_vector_key, event_scores, masking_groups,
                       next_event_context, num_masking_replicas, session_scores, window_spans)
@@ -112,42 +113,35 @@ class LogAnomalyPipeline(Pipeline):
 
     def preprocess(self, session: Any) -> dict:
         """One session -> {"input_ids": event token ids (no [CLS]/[SEP]), "events": names, "event_names": the
-        session's own names when they differ from the tokenizer's (token-id models), "session_id"}."""
-        session_id = None
-        token_ids = None
-        if isinstance(session, dict):
-            session_id = session.get("session_id", session.get("block_id"))
-            token_ids = session.get("token_ids")
-            events = session.get("event_sequence", session.get("event_ids"))
-            if token_ids is not None:
-                mask = session.get("attention_mask") or [1] * len(token_ids)
-                token_ids = [int(t) for t, m in zip(token_ids, mask) if m]
-            elif events is None:
-                raise ValueError(f"session {session_id or ''}: expected 'token_ids' or 'event_sequence'")
-        elif isinstance(session, str):
-            events = session.split()
-        elif isinstance(session, (list, tuple)):
-            events = list(session)
-        else:
-            raise ValueError(f"a session is a list of event IDs, a string or a session object, got {type(session)}")
+        session's own names when they differ from the tokenizer's (token-id models), "session_id"}.
 
+        Validated by `session.normalize_session`, with training's rules and messages (SessionError, a ValueError).
+        """
+        normal = normalize_session(session.tolist() if isinstance(session, np.ndarray) else session)
+        session_id = normal.session_id or None
         tokenizer = self.tokenizer
         if self.input_kind == TOKEN_IDS_KIND:
-            if token_ids is None:
-                raise ValueError("this model was trained on 'token_ids': pass session objects that carry them")
-            framing = {tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id}
-            input_ids = [t for t in token_ids if t not in framing]
+            if normal.token_ids is None:
+                raise SessionError("this model was trained on 'token_ids': pass session objects that carry them, "
+                                   f"not event IDs ({session_id or 'session'})")
+            input_ids = [t for t in normal.token_ids if t not in FRAME_TOKEN_IDS]
             input_ids = [t if 0 <= t < self.real_vocab_size else tokenizer.unk_token_id for t in input_ids]
             # Events are named as the candidates are (the tokenizer's "#<id>"), so the two compare at a glance; the
             # session's own names, when it has them, come along as "event_name".
             names = [self.id_to_event.get(t, str(t)) for t in input_ids]
-            own_names = [str(e) for e in events] if events is not None and len(events) == len(input_ids) else None
+            events = session.get("event_sequence") if isinstance(session, dict) else None
+            own_names = [str(e) for e in events] if isinstance(events, list) and len(events) == len(input_ids) \
+                else None
         else:
-            names, own_names = [str(e) for e in events], None
+            if normal.events is None:
+                raise SessionError("this model was trained on event IDs: pass 'event_sequence' (or a list or string "
+                                   f"of event IDs), not 'token_ids' ({session_id or 'session'})")
+            names, own_names = normal.events, None
             vocab = tokenizer.get_vocab()
             input_ids = [vocab.get(name, tokenizer.unk_token_id) for name in names]
         if not input_ids:
-            raise ValueError(f"empty session{' ' + str(session_id) if session_id else ''}: expected at least one event")
+            raise SessionError(f"empty session{' ' + str(session_id) if session_id else ''}: expected at least one "
+                               "event")
         return {"input_ids": input_ids, "events": names, "event_names": own_names, "session_id": session_id}
 
     def _forward(self, model_inputs: dict, top_n: int = 3) -> dict:
@@ -481,24 +475,23 @@ def _is_stream(inputs: Any) -> bool:
 
 
 def _is_single_session(inputs: Any) -> bool:
-    """A dict or a string is one session; a list is one session when its items are event IDs, not sessions.
+    """One session is a string ("5 22 11") or a dict (a session object); a list is always a batch, as in
+    transformers pipelines, whose items are strings, dicts or lists of event IDs.
 
-    A list of strings is a list of sessions when some string holds a space ("5 22 11"); pass a list of lists
-    for several sessions of one event each.
+    So `detector(["5", "22", "11"])` is three sessions of one event each; one session given as a list of event IDs
+    is `detector([["5", "22", "11"]])[0]`. A batch item that is a bare event ID is an error, not a guess.
     """
     if isinstance(inputs, (dict, str)):
         return True
-    if isinstance(inputs, Iterable):
-        items = list(inputs) if not isinstance(inputs, (list, tuple)) else inputs
-        if not items:
-            return False
-        first = items[0]
-        if isinstance(first, (dict, list, tuple)):
-            return False
-        if isinstance(first, str):
-            return not any(" " in item.strip() for item in items if isinstance(item, str))
-        return True
-    return True
+    if isinstance(inputs, (list, tuple)):
+        for position, item in enumerate(inputs):
+            if not isinstance(item, (dict, str, list, tuple, np.ndarray)):
+                raise SessionError(f"item {position} of the batch is {item!r}: a batch holds sessions (a string of "
+                                   "event IDs, a session object, or a list of event IDs). To score one session given "
+                                   "as a list of event IDs, pass [that list] or a string.")
+        return False
+    raise SessionError(f"a session is a string of event IDs, a session object or a list of them, got "
+                       f"{type(inputs).__name__}")
 
 
 PIPELINE_REGISTRY.register_pipeline(

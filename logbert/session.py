@@ -112,7 +112,8 @@ def _event_ids(events: Any) -> tuple[list[str] | None, str | None]:
     for position, event in enumerate(events):
         if isinstance(event, bool) or not isinstance(event, (int, str)) or (
                 isinstance(event, str) and (not event or any(c.isspace() for c in event))):
-            return None, f"'event_sequence'[{position}] must be an event ID (integer or non-blank string), got {event!r}"
+            return None, (f"'event_sequence'[{position}] must be an event ID (integer or non-blank string), "
+                          f"got {event!r}")
     return [str(event) for event in events], None  # int/str subclasses: checked one by one above
 
 

@@ -149,7 +149,7 @@ def test_calibrate_sets_the_threshold_from_normal_sessions_or_a_dev_set(trained_
     assert calibrate_main(["--model", str(model)]) == 2
 
 
-def test_calibration_with_every_session_known_warns_and_keeps_the_model_threshold(caplog):
+def test_calibration_with_every_session_known_judges_new_multisets_by_the_model_threshold(caplog):
     from types import SimpleNamespace
 
     from logbert.calibration import calibrate
@@ -163,9 +163,33 @@ def test_calibration_with_every_session_known_warns_and_keeps_the_model_threshol
 
     with caplog.at_level("WARNING", logger="logbert.calibration"):
         settings = calibrate(AllKnown(), [["5"]] * 10, target_fpr=0.1)
-    assert settings["anomaly_threshold"] == 0.0
-    assert settings["model_only_threshold"] == 8.0  # one of the ten (score 9) above it
-    assert "every session with a new multiset will be flagged" in caplog.text
+    assert settings["model_only_threshold"] == 8.0  # one of the ten (score 9) above it (too few for a tail fit)
+    assert settings["threshold_method"] == "empirical"
+    # Not 0, which would flag every session with a new multiset: the model judges those at its own threshold.
+    assert settings["anomaly_threshold"] == settings["model_only_threshold"]
+    assert "judged by the model at its own threshold" in caplog.text
+
+
+def test_calibration_leaves_out_sessions_with_unseen_events_and_refuses_a_ceiling_threshold():
+    from types import SimpleNamespace
+
+    from logbert.calibration import calibrate
+
+    class Detector:
+        model = SimpleNamespace(config=SimpleNamespace(num_candidates=5))
+
+        def __init__(self, unseen):
+            self.unseen = unseen
+
+        def score(self, sessions, **kwargs):  # session i scores i; the unseen ones sit at the ceiling
+            return [{"anomaly_score": 27.63 if i in self.unseen else float(i),
+                     "model_score": 27.63 if i in self.unseen else float(i), "known_count_vector": None,
+                     "num_unseen": int(i in self.unseen), "score_name": "next_max_nll"} for i, _ in enumerate(sessions)]
+
+    settings = calibrate(Detector(unseen={0, 1}), [["5"]] * 10, target_fpr=0.1)
+    assert settings["model_only_threshold"] < 27 and settings["calibration_sessions_with_unseen_events"] == 2
+    with pytest.raises(ValueError, match="unseen in training"):
+        calibrate(Detector(unseen=set(range(10))), [["5"]] * 10, target_fpr=0.1)
 
 
 def test_a_flagged_session_is_printed_with_the_event_that_gave_it_away():

@@ -46,11 +46,21 @@ def test_result_fields_and_calibrated_threshold(detector, trained_model_dir):
 
 def test_input_forms_agree(detector):
     as_string = detector(NORMAL)["anomaly_score"]
-    as_list = detector(NORMAL.split())["anomaly_score"]
-    as_ints = detector([int(e) for e in NORMAL.split()])["anomaly_score"]
+    as_list = detector([NORMAL.split()])[0]["anomaly_score"]  # a list is a batch: one session is a list in it
+    as_ints = detector([[int(e) for e in NORMAL.split()]])[0]["anomaly_score"]
     as_object = detector({"session_id": "blk_1", "event_sequence": NORMAL.split()})
     assert as_string == as_list == as_ints == as_object["anomaly_score"]
     assert as_object["session_id"] == "blk_1"
+
+
+def test_a_list_is_always_a_batch_and_a_bare_event_id_in_it_is_an_error(detector):
+    assert len(detector(["22", "5", "5"], return_events=False)) == 3  # three sessions of one event each
+    with pytest.raises(ValueError, match="item 0 of the batch is 22"):
+        detector([22, "5 5 11", "9 9"])
+    with pytest.raises(ValueError, match="must be an event ID"):  # training's rule and message
+        detector({"event_sequence": [5, 1.5]})
+    with pytest.raises(ValueError, match="trained on event IDs"):
+        detector({"token_ids": [101, 5, 102]})
 
 
 def test_scores_are_deterministic_and_independent_of_batching(detector):
@@ -89,7 +99,7 @@ def test_a_truncated_session_scores_higher_than_a_complete_one(detector):
 def test_long_sessions_are_scored_in_windows_covering_every_event(detector):
     max_events = detector.model.config.max_position_embeddings - 2
     long_session = (NORMAL.split() * 20)[: max_events * 2 + 17]
-    result = detector(long_session)
+    result = detector([long_session])[0]
     assert result["num_events"] == len(long_session) > max_events
     assert [e["position"] for e in result["events"]] == list(range(len(long_session)))
     assert all(e["probability"] > 0 for e in result["events"])
@@ -105,6 +115,7 @@ def test_an_empty_session_is_a_clear_error(detector):
         detector({"session_id": "s1", "event_sequence": []})
 
 
+@pytest.mark.slow  # a fresh Python process: ~90 s on a busy 2-core machine
 def test_saved_pipeline_reloads_in_a_fresh_process_offline_with_identical_scores(detector, trained_model_dir,
                                                                                  tmp_path):
     folder = tmp_path / "published"
@@ -218,7 +229,7 @@ def reference_scores(detector, events, groups, context, in_place=False):
 
 @pytest.mark.parametrize("mode", ["linear", "exhaustive"])
 def test_each_mode_scores_every_event_as_defined(detector, mode):
-    result = detector(LONG, scoring_mode=mode)
+    result = detector(" ".join(LONG), scoring_mode=mode)
     if mode == "exhaustive":
         groups, context = [[i] for i in range(len(LONG))], len(LONG)
     else:
@@ -233,7 +244,7 @@ def test_each_mode_scores_every_event_as_defined(detector, mode):
 
 def test_linear_and_exhaustive_differ_only_in_bounded_context_and_masking(detector):
     short = NORMAL.split()[:9]  # shorter than the window: the same left-to-right rows in both modes
-    linear, exhaustive = (detector(short, scoring_mode=mode) for mode in ("linear", "exhaustive"))
+    linear, exhaustive = (detector(" ".join(short), scoring_mode=mode) for mode in ("linear", "exhaustive"))
     for a, b in zip(linear["events"][1:], exhaustive["events"][1:]):
         assert a["next_probability"] == pytest.approx(b["next_probability"], abs=1e-5)
     assert linear["end_nll"] == pytest.approx(exhaustive["end_nll"], abs=1e-5)
@@ -245,7 +256,7 @@ def test_linear_and_exhaustive_differ_only_in_bounded_context_and_masking(detect
 def test_long_sessions_get_a_score_for_every_event_in_each_mode(detector, mode):
     max_events = detector.model.config.max_position_embeddings - 2
     long_session = (NORMAL.split() * 20)[: max_events * 2 + 17]
-    result = detector(long_session, scoring_mode=mode)
+    result = detector(" ".join(long_session), scoring_mode=mode)
     assert [e["position"] for e in result["events"]] == list(range(len(long_session)))
     assert all(e["probability"] > 0 for e in result["events"])
     assert all(0 < e["next_probability"] <= 1 for e in result["events"][1:])
@@ -316,8 +327,8 @@ def test_token_id_models_name_events_and_candidates_alike(tmp_path):
     from logbert.model import build_model
     from logbert.tokenizer import build_token_id_tokenizer
 
-    model_args, _, _, _ = parse_args(["--config", "configs/tiny.yaml", "--vocab_size", "200",
-                                      "--output_dir", str(tmp_path)])
+    model_args = parse_args(["--config", "configs/tiny.yaml", "--vocab_size", "200",
+                            "--output_dir", str(tmp_path)]).model
     tokenizer = build_token_id_tokenizer(model_args.vocab_size)
     torch.manual_seed(0)
     save_model_folder(build_model(model_args, tokenizer, TOKEN_IDS_KIND), tokenizer, str(tmp_path / "model"))
