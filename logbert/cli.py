@@ -23,8 +23,20 @@ from .export import write_model_card
 logger = logging.getLogger("logbert")
 
 
+@dataclass(kw_only=True)
+class ScoringFlags:
+    """How the pipeline scores: shared by score, evaluate and calibrate (None: the model's own setting)."""
+
+    scoring_mode: str | None = field(
+        default=None, metadata={"help": "linear (O(L) per session) or exhaustive (O(L^2), the earlier scoring). "
+                                "Default: the model's setting.", "choices": ["linear", "exhaustive"]})
+    next_event_window: int | None = field(
+        default=None, metadata={"help": "Events a left-to-right score reads (linear mode). Default: the model's."})
+    batch_size: int | None = field(default=None, metadata={"help": "Model rows per forward pass (at most)."})
+
+
 @dataclass
-class ScoreArguments:
+class ScoreArguments(ScoringFlags):
     """Score session files with a trained model: one JSON line per session (anomaly_score, is_anomaly, events)."""
 
     model: str = field(metadata={"help": "Trained LogBERT folder (or hub repo id)."})
@@ -38,18 +50,12 @@ class ScoreArguments:
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... Default: a GPU when present."})
     dtype: str | None = field(default=None, metadata={"help": "float32, float16 or bfloat16 (GPU). Default: float32."})
     chunk_size: int = field(default=2048, metadata={"help": "Sessions scored together (bounds memory)."})
-    scoring_mode: str | None = field(
-        default=None, metadata={"help": "linear (O(L) per session) or exhaustive (O(L^2), the earlier scoring). "
-                                "Default: the model's setting.", "choices": ["linear", "exhaustive"]})
-    next_event_window: int | None = field(
-        default=None, metadata={"help": "Events a left-to-right score reads (linear mode). Default: the model's."})
-    batch_size: int | None = field(default=None, metadata={"help": "Model rows per forward pass (at most)."})
     skip_bad_records: bool = field(default=False, metadata={"help": "Quarantine unreadable records, not fail."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow the model folder's own pipeline code."})
 
 
 @dataclass
-class EvaluateArguments:
+class EvaluateArguments(ScoringFlags):
     """Detection metrics, per-session scores and plots on labelled sessions, beside a count-vector baseline."""
 
     model: str = field(metadata={"help": "Trained LogBERT folder."})
@@ -68,12 +74,6 @@ class EvaluateArguments:
     )
     device: str | None = field(default=None, metadata={"help": "cpu, cuda ... Default: a GPU when present."})
     dtype: str | None = field(default=None, metadata={"help": "float32, float16 or bfloat16 (GPU)."})
-    scoring_mode: str | None = field(
-        default=None, metadata={"help": "linear (O(L) per session) or exhaustive (O(L^2), the earlier scoring). "
-                                "Default: the model's setting.", "choices": ["linear", "exhaustive"]})
-    next_event_window: int | None = field(
-        default=None, metadata={"help": "Events a left-to-right score reads (linear mode). Default: the model's."})
-    batch_size: int | None = field(default=None, metadata={"help": "Model rows per forward pass (at most)."})
     skip_bad_records: bool = field(default=False, metadata={"help": "Quarantine unreadable records, not fail."})
 
 
@@ -352,7 +352,7 @@ def _push(args: PushArguments) -> int:
 
 
 @dataclass
-class CalibrateArguments:
+class CalibrateArguments(ScoringFlags):
     """Set a model's anomaly threshold: from normal sessions at a target false-positive rate, or a labelled dev set."""
 
     model: str = field(metadata={"help": "Trained LogBERT folder whose threshold is (re)set."})
@@ -366,12 +366,6 @@ class CalibrateArguments:
     )
     target_fpr: float = field(default=0.001, metadata={"help": "Share of --normal sessions flagged."})
     score_name: str | None = field(default=None, metadata={"help": "Session score to threshold."})
-    scoring_mode: str | None = field(
-        default=None, metadata={"help": "linear (O(L) per session) or exhaustive (O(L^2), the earlier scoring). "
-                                "Default: the model's setting.", "choices": ["linear", "exhaustive"]})
-    next_event_window: int | None = field(
-        default=None, metadata={"help": "Events a left-to-right score reads (linear mode). Default: the model's."})
-    batch_size: int | None = field(default=None, metadata={"help": "Model rows per forward pass (at most)."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda ... Default: a GPU when present."})
 
 
