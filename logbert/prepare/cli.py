@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 
 from .presets import DEFAULT_DEPTH, DEFAULT_LOG_FORMAT, DEFAULT_MASKS, DEFAULT_SIM_TH, NAMED_MASKS, PRESETS, get_preset
 from .reading import PrepareError
@@ -35,8 +36,8 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logbert prepare", allow_abbrev=False,
         description="Parse raw log files into Drain3 templates and write sessions of event ids "
-                    "(preprocessed_logs_YYYY-MM-DD.jsonl) for run_mlm_logs.py --data-dir DIR --file_pattern "
-                    "'preprocessed_logs*.jsonl', with templates.csv, parser_state.json and prepare_summary.json.",
+                    "(preprocessed_logs_YYYY-MM-DD.jsonl) that `logbert train --data-dir DIR` trains on as they are, "
+                    "with templates.csv, parser_state.json (travels with the model) and prepare_summary.json.",
         epilog="Example: logbert prepare --preset hdfs --input HDFS.log --label_file anomaly_label.csv "
                "--output_dir data/hdfs")
     parser.add_argument("--input", nargs="+", required=True, help="Raw log files, plain or gzip (- for stdin).")
@@ -145,13 +146,17 @@ def detect_main(argv: list[str] | None = None) -> int:
     """logbert detect: raw log lines -> sessions scored when they close -> one JSON line each."""
     from .detect import detect_logs  # loads torch and transformers: only when detecting
 
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    from ..console import configure_logging
+
+    configure_logging()
     args = build_detect_parser().parse_args(argv)
+    started = time.perf_counter()
     try:
         counts = detect_logs(args)
-    except PrepareError as error:
+    except (PrepareError, ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    logger.info("%d lines, %d sessions scored, %d flagged as anomalous, %d lines matched no template",
-                counts["lines"], counts["sessions"], counts["flagged"], counts["unmatched"])
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    logger.info("%d lines (%.0f lines/s), %d sessions scored, %d flagged as anomalous, %d lines matched no template",
+                counts["lines"], counts["lines"] / elapsed, counts["sessions"], counts["flagged"], counts["unmatched"])
     return 0

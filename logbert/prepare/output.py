@@ -14,7 +14,7 @@ from .reading import PrepareError
 from .sessions import Session
 
 SESSION_FILE_PREFIX = "preprocessed_logs"
-SESSION_FILE_PATTERN = SESSION_FILE_PREFIX + "*.jsonl"  # for run_mlm_logs.py --data-dir DIR --file_pattern
+SESSION_FILE_PATTERN = SESSION_FILE_PREFIX + "*.jsonl"  # the session files among what prepare writes
 UNDATED = "undated"
 
 
