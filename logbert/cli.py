@@ -11,14 +11,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from transformers import HfArgumentParser
 
-from .calibration import apply_scoring_config, calibrate, tune_threshold_on_dev
-from .data import DataError, Rejection, write_rejections
+# Light imports only: `--help` and input errors answer before torch, datasets and the model load (seconds).
+from .ingest.files import expand_inputs
+from .ingest.records import DataError, Rejection, write_rejections
 from .session import normalize_session
-from .evaluation import CountVectorBaseline, detection_metrics, expand_inputs, iter_sessions, score_stream, write_plots
-from .export import write_model_card
 
 logger = logging.getLogger("logbert")
 
@@ -86,19 +84,56 @@ def scoring_settings(args) -> dict:
 def load_detector(model: str, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
     """The `log-anomaly` pipeline for a model folder: our own class unless remote code is asked for."""
     import torch
+    from safetensors import SafetensorError
     from transformers import pipeline
 
     from .pipeline import LogAnomalyPipeline
 
+    if os.path.isdir(model):
+        check_model_folder(model)
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = getattr(torch, dtype) if dtype else None
     kwargs = {"device": device}
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
-    if trust_remote_code:
-        return pipeline(model=model, trust_remote_code=True, **kwargs)
-    return pipeline("log-anomaly", model=model, pipeline_class=LogAnomalyPipeline, **kwargs)
+    try:
+        if trust_remote_code:
+            detector = pipeline(model=model, trust_remote_code=True, **kwargs)
+        else:
+            detector = pipeline("log-anomaly", model=model, pipeline_class=LogAnomalyPipeline, **kwargs)
+    except (OSError, RuntimeError, KeyError, TypeError, SafetensorError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{model}: the model cannot be loaded ({first_line}); is it a complete model folder "
+                         "written by training?") from None
+    rows = getattr(detector.model.config, "tokenizer_vocab_size", None) or detector.model.config.vocab_size
+    if len(detector.tokenizer) > rows:
+        raise ValueError(f"{model}: its tokenizer has {len(detector.tokenizer)} tokens but the model was trained "
+                         f"with {rows}: the tokenizer comes from another run")
+    return detector
+
+
+# What a model folder needs for scoring; without the tokenizer transformers would build an empty 5-token one and
+# every event would silently become [UNK].
+REQUIRED_MODEL_FILES = ("config.json", "tokenizer.json")
+REQUIRED_CONFIG_KEYS = ("vocab_size", "max_position_embeddings", "hidden_size")
+
+
+def check_model_folder(model: str) -> None:
+    """Refuse, in one line, a model folder that would load into wrong scores or a traceback."""
+    missing = [name for name in REQUIRED_MODEL_FILES if not os.path.isfile(os.path.join(model, name))]
+    if not any(os.path.isfile(os.path.join(model, name)) for name in ("model.safetensors",
+                                                                       "model.safetensors.index.json")):
+        missing.append("model.safetensors")
+    if missing:
+        raise ValueError(f"{model}: not a complete LogBERT model folder (missing {', '.join(missing)})")
+    try:
+        config = json.loads(Path(model, "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{model}/config.json is not readable JSON: {error}") from None
+    absent = [key for key in REQUIRED_CONFIG_KEYS if not isinstance(config.get(key), int)]
+    if absent:
+        raise ValueError(f"{model}/config.json lacks {', '.join(absent)}: it is damaged or not from this trainer")
 
 
 def _setup_logging() -> None:
@@ -144,6 +179,8 @@ def score_main(argv: list[str] | None = None) -> int:
 
 def _score(args: ScoreArguments) -> int:
     import time
+
+    from .evaluation import iter_sessions, score_stream
 
     files = expand_inputs(args.input, "--input")
     detector = load_detector(args.model, args.device, args.dtype, args.trust_remote_code)
@@ -223,6 +260,11 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: EvaluateArguments) -> int:
+    import numpy as np
+
+    from .evaluation import CountVectorBaseline, detection_metrics, iter_sessions, score_stream, write_plots
+    from .export import write_model_card
+
     if not (args.normal or args.abnormal or args.labelled):
         raise ValueError("give test sessions: --normal and --abnormal files, or --labelled files")
     output_dir = Path(args.output_dir)
@@ -375,6 +417,10 @@ def calibrate_main(argv: list[str] | None = None) -> int:
 
 
 def _calibrate(args: CalibrateArguments) -> int:
+    from .calibration import apply_scoring_config, calibrate, tune_threshold_on_dev
+    from .evaluation import iter_sessions
+    from .export import write_model_card
+
     if bool(args.normal) == bool(args.dev):
         raise ValueError("give either --normal files (label-free) or --dev files (labelled), not both")
     detector = load_detector(args.model, args.device)

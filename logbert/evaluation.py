@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import DataError, Rejection, expand_data_files, iter_file_records
+from .data import DataError, Rejection, iter_file_records
+from .ingest.files import expand_inputs  # noqa: F401 (re-exported)
 from .metrics import load_metric
 from .session import FRAME_TOKEN_IDS, SessionError, normalize_session
 
@@ -202,9 +203,3 @@ def _save(figure, axis, path: Path) -> str:
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return str(path)
-
-
-def expand_inputs(patterns: list[str] | None, what: str) -> list[str]:
-    """Files in the order the user named them (each glob sorted), so output rows follow the input."""
-    files = [path for pattern in patterns or [] for path in expand_data_files([pattern], what)]
-    return list(dict.fromkeys(files))

@@ -255,3 +255,34 @@ def test_scoring_rejects_what_training_rejects_and_never_loses_earlier_results(t
     assert [json.loads(line)["record"] for line in output.read_text().splitlines()] == [1, 3]
     quarantined = [json.loads(line) for line in (tmp_path / "rejected_records.jsonl").read_text().splitlines()]
     assert [r["record"] for r in quarantined] == [2]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("no_tokenizer", "missing tokenizer.json"),
+    ("truncated_weights", "cannot be loaded"),
+    ("empty_weights", "cannot be loaded"),
+    ("no_vocab_size", "lacks vocab_size"),
+    ("other_tokenizer", "comes from another run"),
+])
+def test_a_damaged_model_folder_is_one_line_never_wrong_scores(trained_model_dir, tmp_path, capsys, damage, message):
+    model = tmp_path / "model"
+    shutil.copytree(trained_model_dir, model, ignore=shutil.ignore_patterns("checkpoint-*", "best_model"))
+    weights = model / "model.safetensors"
+    if damage == "no_tokenizer":
+        (model / "tokenizer.json").unlink()
+    elif damage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty_weights":
+        weights.write_bytes(b"")
+    elif damage == "no_vocab_size":
+        config = json.loads((model / "config.json").read_text())
+        del config["vocab_size"]
+        (model / "config.json").write_text(json.dumps(config))
+    else:  # a tokenizer with more events than the model has rows
+        tokenizer = json.loads((model / "tokenizer.json").read_text())
+        vocab = tokenizer["model"]["vocab"]
+        vocab.update({f"E{i}": len(vocab) + i for i in range(200)})
+        (model / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert score_main(["--model", str(model), "--input", str(NORMAL_FILE), "--output", str(tmp_path / "s.jsonl")]) == 2
+    error = capsys.readouterr().err
+    assert message in error.strip().splitlines()[-1] and "Traceback" not in error

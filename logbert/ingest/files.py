@@ -36,6 +36,12 @@ def expand_data_files(patterns: Iterable[str], what: str) -> list[str]:
     return sorted(dict.fromkeys(os.path.abspath(f) for f in files))
 
 
+def expand_inputs(patterns: list[str] | None, what: str) -> list[str]:
+    """Files in the order the user named them (each glob sorted), so output rows follow the input."""
+    files = [path for pattern in patterns or [] for path in expand_data_files([pattern], what)]
+    return list(dict.fromkeys(files))
+
+
 def resolve_data_files(data_args: DataArguments) -> tuple[list[str], list[str]]:
     """The training and validation files the arguments name. No data flag at all means the bundled sample."""
     from ..config import SAMPLE_TRAIN_FILE
