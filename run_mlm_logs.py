@@ -10,6 +10,7 @@ build tokenizer -> datasets -> model -> Trainer, then train and evaluate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -23,7 +24,7 @@ from logbert.callbacks import (BestModelExportCallback, GracefulStopCallback, No
                                ReadableCheckpointCallback)
 from logbert.collator import build_training_collator, mask_for_evaluation
 from logbert.config import ConfigError, parse_args, resolved_config
-from logbert.console import configure_logging, log_to_file, print_error
+from logbert.console import configure_logging, log_to_file, print_error, warnings_said_once
 from logbert.data import EVENTS_KIND, DataError, load_corpus, model_inputs, tokenize_events, write_rejections
 from logbert.export import save_model_folder
 from logbert.hub import HubError, keep_trainer_from_pushing, push_model_folder
@@ -197,10 +198,11 @@ def train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus,
         return 0
     if do_eval and (normal_sessions := calibration_sessions(corpus.validation, corpus.kind,
                                                             scoring_args.calibration_max_sessions)):
-        for directory in directories:
-            settings = calibrate_model_folder(directory, normal_sessions, scoring_args.threshold_target_fpr,
-                                              scoring_args.score_name, scoring_args.num_candidates,
-                                              str(training_args.device))
+        for index, directory in enumerate(directories):  # best_model's warnings would repeat the final model's
+            with warnings_said_once("logbert.calibration", "logbert.tail_fit") if index else contextlib.nullcontext():
+                settings = calibrate_model_folder(directory, normal_sessions, scoring_args.threshold_target_fpr,
+                                                  scoring_args.score_name, scoring_args.num_candidates,
+                                                  str(training_args.device))
             logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
                         directory, settings["anomaly_threshold"], settings["score_name"],
                         settings["threshold_target_fpr"], settings["calibration_sessions"])

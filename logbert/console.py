@@ -7,6 +7,7 @@ info lines. `--log_level info` (or debug) brings everything back to the terminal
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import warnings
@@ -96,3 +97,18 @@ def _progress_bar_open() -> bool:
     except ImportError:  # pragma: no cover - tqdm comes with transformers
         return False
     return any(not getattr(bar, "disable", False) for bar in list(getattr(tqdm, "_instances", [])))
+
+
+@contextlib.contextmanager
+def warnings_said_once(*logger_names: str):
+    """Within the block, these loggers report errors only: for a step repeated on a second model folder, whose
+    warnings would repeat the first one's word for word."""
+    loggers = [logging.getLogger(name) for name in logger_names]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for item, level in zip(loggers, levels):
+            item.setLevel(level)
