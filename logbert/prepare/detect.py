@@ -72,8 +72,8 @@ def session_records(detector, sessions: list[Session], templates: dict[str, str]
                            "is_miss": scored["is_miss"]})
         records.append({"session_id": session.session_id, **session.summary_times(),
                         "anomaly_score": result["anomaly_score"], "is_anomaly": result["is_anomaly"],
-                        "threshold": result["threshold"], "model_score": result["model_score"],
-                        "known_count_vector": result["known_count_vector"], "num_events": len(events),
+                        "threshold": result["threshold"], "model_score": result.get("model_score"),
+                        "known_count_vector": result.get("known_count_vector"), "num_events": len(events),
                         "num_unmatched": sum(e["unmatched"] for e in events), "events": events})
     return records
 
