@@ -7,6 +7,7 @@ transformers.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -31,6 +32,8 @@ DEFAULT_SCORE_NAME = "next_max_nll"
 TOKEN_IDS_KIND = "token_ids"
 # Fingerprints (scoring.count_vector_key) of the event multisets of the training sessions, saved with the model.
 KNOWN_COUNT_VECTORS_FILE = "known_count_vectors.npy"
+# The log parser of `logbert prepare` (plain JSON), copied into models trained on its output.
+PARSER_STATE_FILE = "parser_state.json"
 # What a model row scores: an event with the whole session around it, an event from the events before it only
 # (in the end slot), or the end slot after the whole session ([SEP]).
 MASKED, NEXT, END_SLOT = 0, 1, 2
@@ -87,8 +90,10 @@ class LogAnomalyPipeline(Pipeline):
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
         self.num_replicas = num_masking_replicas(getattr(config, "mlm_probability", None) or DEFAULT_MLM_PROBABILITY)
         self._warned_no_threshold = False
-        self.known_count_vectors = _load_known_count_vectors(getattr(config, "_name_or_path", None)
-                                                             or getattr(self.model, "name_or_path", None))
+        model_path = getattr(config, "_name_or_path", None) or getattr(self.model, "name_or_path", None)
+        self.known_count_vectors = _load_known_count_vectors(model_path)
+        # Event id -> template text, when the model was trained on `logbert prepare` output: shown beside the id.
+        self.templates = _load_templates(model_path)
 
     def save_pretrained(self, save_directory, **kwargs):
         """The model, tokenizer and pipeline code, plus the known-normal fingerprints when this pipeline has them."""
@@ -297,6 +302,7 @@ class LogAnomalyPipeline(Pipeline):
                 "position": position,
                 "event": item["events"][position],
                 **({"event_name": own_names[position]} if own_names else {}),
+                **({"template": self.templates.get(item["events"][position])} if self.templates else {}),
                 "probability": float(per_event["probability"][position]),
                 "rank": int(per_event["rank"][position]),
                 # P(event | the events before it): None for the first event, which has no context.
@@ -304,7 +310,8 @@ class LogAnomalyPipeline(Pipeline):
                 "is_miss": bool(per_event["rank"][position] > num_candidates or unseen[position]),
                 "unseen": bool(unseen[position]),
                 "top_candidates": [
-                    {"event": self.id_to_event.get(int(i), str(int(i))), "probability": float(p)}
+                    {"event": self.id_to_event.get(int(i), str(int(i))), "probability": float(p),
+                     **({"template": self.templates.get(self.id_to_event.get(int(i)))} if self.templates else {})}
                     for i, p in zip(per_event["top_ids"][position], per_event["top_probs"][position])
                 ],
             }
@@ -442,21 +449,35 @@ def _batch_end(padded: np.ndarray, start: int, batch_tokens: int, batch_size: in
     return end
 
 
-def _load_known_count_vectors(model_path: str | None) -> frozenset | None:
-    """The training sessions' event-multiset fingerprints saved with the model, or None when there are none."""
+def _model_file(model_path: str | None, name: str) -> str | None:
+    """The path of an optional file of a model folder or hub repository, or None when it has none."""
     if not model_path:
         return None
-    path = os.path.join(model_path, KNOWN_COUNT_VECTORS_FILE)
     if not os.path.isdir(model_path):  # a hub repository: the file is optional
         try:
             from huggingface_hub import hf_hub_download
 
-            path = hf_hub_download(model_path, KNOWN_COUNT_VECTORS_FILE)
-        except Exception:  # noqa: BLE001 - no such file, offline, or no such repo: no gate
+            return hf_hub_download(model_path, name)
+        except Exception:  # noqa: BLE001 - no such file, offline, or no such repo
             return None
-    if not os.path.exists(path):
+    path = os.path.join(model_path, name)
+    return path if os.path.exists(path) else None
+
+
+def _load_known_count_vectors(model_path: str | None) -> frozenset | None:
+    """The training sessions' event-multiset fingerprints saved with the model, or None when there are none."""
+    path = _model_file(model_path, KNOWN_COUNT_VECTORS_FILE)
+    return None if path is None else frozenset(np.load(path, allow_pickle=False).tolist())
+
+
+def _load_templates(model_path: str | None) -> dict[str, str] | None:
+    """Event id -> template text from the parser state `logbert prepare` wrote (plain JSON), or None."""
+    path = _model_file(model_path, PARSER_STATE_FILE)
+    if path is None:
         return None
-    return frozenset(np.load(path).tolist())
+    with open(path, encoding="utf-8") as handle:
+        state = json.load(handle)
+    return {entry["event_id"]: entry["template"] for entry in state.get("templates", [])}
 
 
 def write_known_count_vectors(directory, keys) -> str:

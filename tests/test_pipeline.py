@@ -338,3 +338,20 @@ def test_token_id_models_name_events_and_candidates_alike(tmp_path):
     assert [e["event"] for e in result["events"]] == ["#150", "#151"]
     assert [e["event_name"] for e in result["events"]] == ["5", "22"]
     assert all(c["event"].startswith("#") for e in result["events"] for c in e["top_candidates"])
+
+
+def test_events_carry_their_template_text_when_the_model_has_a_parser_state(trained_model_dir, tmp_path):
+    import json
+    import shutil
+
+    from logbert.cli import load_detector
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model_dir, model, ignore=shutil.ignore_patterns("checkpoint-*", "best_model"))
+    templates = [{"event_id": "5", "template": "Receiving block <*> src: /<*> dest: /<*>", "occurrences": 3},
+                 {"event_id": "22", "template": "BLOCK* NameSystem.allocateBlock: <*> <*>", "occurrences": 1}]
+    (model / "parser_state.json").write_text(json.dumps({"format_version": 1, "templates": templates}))
+    result = load_detector(str(model), device="cpu")("22 5 5")
+    assert [e["template"] for e in result["events"]] == [templates[1]["template"], templates[0]["template"],
+                                                         templates[0]["template"]]
+    assert "template" in result["events"][0]["top_candidates"][0]
