@@ -166,7 +166,9 @@ def train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus,
         if stopped("during training"):
             return 0
         metrics = dict(train_result.metrics, train_samples=len(train_dataset))
-        trainer.log_metrics("train", metrics)
+        logger.info("Trained %d steps in %.0f s (%.1f sessions/s), training loss %.4f", trainer.state.global_step,
+                    metrics.get("train_runtime", 0), metrics.get("train_samples_per_second", 0),
+                    metrics.get("train_loss", float("nan")))
         trainer.save_metrics("train", metrics)
         trainer.save_state()
 
@@ -175,7 +177,11 @@ def train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus,
     if do_eval:
         eval_metrics = trainer.evaluate()
         eval_metrics["eval_samples"] = len(eval_dataset)
-        trainer.log_metrics("eval", eval_metrics)
+        logger.info("Evaluation: masked-event accuracy %.4f (always guessing the most frequent event: %.4f), "
+                    "top-5 %.4f, loss %.4f, perplexity %.3g; all metrics in %s", eval_metrics.get("eval_accuracy", 0),
+                    eval_metrics.get("eval_baseline_accuracy", 0), eval_metrics.get("eval_top_5_accuracy", 0),
+                    eval_metrics.get("eval_loss", 0), eval_metrics.get("eval_perplexity", 0),
+                    os.path.join(output_dir, "eval_results.json"))
         trainer.save_metrics("eval", eval_metrics)
         warn_if_below_baseline(eval_metrics)
     if stopped("during the final evaluation, before the final export") or not trainer.is_world_process_zero():
@@ -200,12 +206,25 @@ def train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus,
                                                             scoring_args.calibration_max_sessions)):
         for index, directory in enumerate(directories):  # best_model's warnings would repeat the final model's
             with warnings_said_once("logbert.calibration", "logbert.tail_fit") if index else contextlib.nullcontext():
-                settings = calibrate_model_folder(directory, normal_sessions, scoring_args.threshold_target_fpr,
-                                                  scoring_args.score_name, scoring_args.num_candidates,
-                                                  str(training_args.device))
+                try:
+                    settings = calibrate_model_folder(directory, normal_sessions, scoring_args.threshold_target_fpr,
+                                                      scoring_args.score_name, scoring_args.num_candidates,
+                                                      str(training_args.device))
+                except ValueError as error:  # the model is trained and saved: say why it has no threshold
+                    logger.warning("%s has no anomaly threshold: %s. Set one with `logbert calibrate --model %s "
+                                   "--normal FILES`.", directory, error, directory)
+                    continue
             logger.info("%s: anomaly threshold %.4g (%s) at target FPR %g on %d validation sessions",
                         directory, settings["anomaly_threshold"], settings["score_name"],
                         settings["threshold_target_fpr"], settings["calibration_sessions"])
+            if index == 0:  # which part of the detector does the work, in one line
+                known = settings.get("calibration_sessions_known_to_gate")
+                logger.info("Detector: %s the model judges %s at threshold %.4g (%s).",
+                            f"the known-normal gate passes {known} of {settings['calibration_sessions']} validation "
+                            "sessions (their event mix is in the training data);" if known is not None else
+                            "no known-normal gate;", "the rest" if known is not None else "every session",
+                            settings["model_only_threshold"] if known == settings["calibration_sessions"]
+                            else settings["anomaly_threshold"], settings.get("threshold_method", "empirical"))
     else:
         logger.warning("No validation sessions: the model has no anomaly threshold. Set one with `logbert calibrate "
                        "--model %s --normal FILES`.", output_dir)
@@ -233,6 +252,11 @@ def cli(argv: list[str] | None = None) -> int:
         return main(argv)
     except (ConfigError, DataError, NonFiniteLossError, HubError, ResumeError) as error:
         print_error(error)
+        return 2
+    except OSError as error:  # a full disk or a read-only folder while saving: what and where, in one line
+        where = f"{error.filename}: " if error.filename else ""
+        print_error(f"{where}{error.strerror or error} while writing the run's files; free space or pick another "
+                    "--output_dir, then resume with --resume_from_checkpoint")
         return 2
     except (hub_errors.LocalTokenNotFoundError, hub_errors.OfflineModeIsEnabled, hub_errors.HfHubHTTPError) as error:
         # --push_to_hub makes the Trainer create the hub repository at start.

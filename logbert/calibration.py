@@ -23,7 +23,8 @@ CALIBRATION_CHUNK = 1024
 # Scoring settings stored in config.json next to the weights, read by the pipeline by default.
 SCORING_CONFIG_KEYS = ("anomaly_threshold", "model_only_threshold", "threshold_method", "tail_fit",
                        "threshold_target_fpr", "score_name", "num_candidates", "calibration_sessions",
-                       "calibration_sessions_with_unseen_events", "scoring_mode", "next_event_window")
+                       "calibration_sessions_with_unseen_events", "calibration_sessions_known_to_gate",
+                       "scoring_mode", "next_event_window")
 
 
 def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: str | None = None,
@@ -81,6 +82,7 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
         "num_candidates": num_candidates or getattr(detector.model.config, "num_candidates", None) or 5,
         "calibration_sessions": len(scores),
         "calibration_sessions_with_unseen_events": len(results) - len(seen),
+        "calibration_sessions_known_to_gate": sum(r["known_count_vector"] is True for r in results) if gate else None,
     }
 
 

@@ -117,3 +117,19 @@ def test_sigterm_during_the_final_evaluation_stops_before_the_export(tmp_path, m
     assert not (out / "config.json").exists()  # no half-finished final model
     assert (out / "checkpoint-4" / "model.safetensors").exists()
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from logbert.trainer import LogBertTrainer
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "checkpoint-2"))
+
+    monkeypatch.setattr(LogBertTrainer, "_save_checkpoint", full_disk)
+    assert run_mlm_logs.cli([*TINY, "--output_dir", str(tmp_path / "out"),
+                             "--data_cache_dir", str(tmp_path / "cache")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and "No space left on device" in error and "checkpoint-2" in error
