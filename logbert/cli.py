@@ -180,9 +180,9 @@ def score_main(argv: list[str] | None = None) -> int:
 def _score(args: ScoreArguments) -> int:
     import time
 
+    files = expand_inputs(args.input, "--input")  # input errors first, before anything heavy loads
     from .evaluation import iter_sessions, score_stream
 
-    files = expand_inputs(args.input, "--input")
     detector = load_detector(args.model, args.device, args.dtype, args.trust_remote_code)
     rejected: list[Rejection] = []
     count = flagged = events = 0

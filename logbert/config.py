@@ -13,15 +13,27 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
-from .arguments import (ALL_ARGUMENT_CLASSES, DataArguments, LogBertTrainingArguments,  # noqa: F401 (re-exported)
-                        ModelArguments, ReferenceArguments, ScoringArguments)
-from .scoring import END_SLOT_SCORES
+if TYPE_CHECKING:
+    from .arguments import DataArguments, LogBertTrainingArguments, ModelArguments, ScoringArguments
+
+# The argument dataclasses import TrainingArguments, and so torch (seconds): loaded when a parser is built, so that
+# ConfigError and the flag-typo message cost nothing to the commands that only need those.
+_ARGUMENT_NAMES = ("ALL_ARGUMENT_CLASSES", "DataArguments", "LogBertTrainingArguments", "ModelArguments",
+                   "ReferenceArguments", "ScoringArguments")
+
+
+def __getattr__(name: str):
+    if name in _ARGUMENT_NAMES:  # re-exported: `from logbert.config import DataArguments` keeps working
+        from . import arguments
+
+        return getattr(arguments, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +51,8 @@ class ConfigError(ValueError):
 
 def build_parser(prog: str | None = None) -> HfArgumentParser:
     # allow_abbrev=False: `--max_step 10` must not silently mean --max_steps (or, one day, another flag).
+    from .arguments import ALL_ARGUMENT_CLASSES
+
     parser = HfArgumentParser(ALL_ARGUMENT_CLASSES, prog=prog, allow_abbrev=False,
                               description="Train LogBERT on log sessions. Every flag can also be a key of --config.")
     parser.add_argument("--config", default=None,
@@ -253,6 +267,9 @@ def parse_args(argv: list[str] | None = None, prog: str | None = None) -> Parsed
         logger.info("use_multi_gpu is set: start with `accelerate launch --multi_gpu ...` to use several GPUs.")
 
     instances = []
+    from .arguments import ALL_ARGUMENT_CLASSES
+    from .scoring import END_SLOT_SCORES
+
     for dataclass_type in ALL_ARGUMENT_CLASSES:
         names = {f.name for f in dataclasses.fields(dataclass_type) if f.init}
         kwargs = {name: getattr(namespace, name) for name in names}

@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 
 from .data import DataError, Rejection, iter_file_records
 from .ingest.files import expand_inputs  # noqa: F401 (re-exported)
-from .metrics import load_metric
 from .session import FRAME_TOKEN_IDS, SessionError, normalize_session
 
 logger = logging.getLogger(__name__)
@@ -103,6 +102,8 @@ class CountVectorBaseline:
 
 
 def detection_metrics(scores, labels, threshold: float, projected_normal_count: int | None = None) -> dict:
+    from .metrics import load_metric  # `evaluate` imports transformers' pipelines: seconds, only when needed
+
     metric = load_metric("anomaly_detection")
     return metric.compute(predictions=list(map(float, scores)), references=list(map(int, labels)),
                           threshold=threshold, projected_normal_count=projected_normal_count)

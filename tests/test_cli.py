@@ -286,3 +286,14 @@ def test_a_damaged_model_folder_is_one_line_never_wrong_scores(trained_model_dir
     assert score_main(["--model", str(model), "--input", str(NORMAL_FILE), "--output", str(tmp_path / "s.jsonl")]) == 2
     error = capsys.readouterr().err
     assert message in error.strip().splitlines()[-1] and "Traceback" not in error
+
+
+def test_an_input_error_is_reported_before_torch_is_even_imported():
+    """`logbert score` with a missing input answers at once: the heavy libraries load only for real work."""
+    code = ("import sys; from logbert.commands import main; code = main(['score', '--model', 'm', '--input', "
+            "'/nonexistent/sessions.jsonl']); print(code, 'torch' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                               cwd=Path(__file__).parents[1], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert completed.stdout.split() == ["2", "False"], completed.stderr
+    assert completed.stderr.strip().splitlines()[-1] == (
+        "error: --input /nonexistent/sessions.jsonl: no such file (or no file matches the pattern)")
