@@ -213,5 +213,15 @@ def test_mask_for_evaluation_does_not_reuse_a_cache_made_with_other_settings(tmp
     assert set(at_masked) == {event_tokenizer.mask_token_id}
 
 
-def test_collator_is_the_hugging_face_one():
-    assert issubclass(LogSessionCollator, DataCollatorForLanguageModeling)
+def test_collator_masks_the_same_positions_as_the_hugging_face_one(event_tokenizer, encoded_sessions):
+    """Only the frame-token lookup and the random replacement differ: which positions are masked is HF's draw."""
+    examples = [{"input_ids": ids} for ids in encoded_sessions[:64]]
+    ours = LogSessionCollator(tokenizer=event_tokenizer, mlm_probability=0.15, pad_to_multiple_of=8)
+    stock = DataCollatorForLanguageModeling(tokenizer=event_tokenizer, mlm_probability=0.15, pad_to_multiple_of=8)
+    torch.manual_seed(11)
+    our_batch = ours(examples)
+    torch.manual_seed(11)
+    stock_batch = stock(examples)
+    assert torch.equal(our_batch["labels"] != -100, stock_batch["labels"] != -100)
+    assert torch.equal(our_batch["labels"], stock_batch["labels"])
+    assert (our_batch["labels"] != -100).sum() > 50
