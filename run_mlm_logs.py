@@ -219,12 +219,13 @@ def train_evaluate_export(trainer, stopper, checkpoint, do_eval, export, corpus,
                         settings["threshold_target_fpr"], settings["calibration_sessions"])
             if index == 0:  # which part of the detector does the work, in one line
                 known = settings.get("calibration_sessions_known_to_gate")
-                logger.info("Detector: %s the model judges %s at threshold %.4g (%s).",
+                logger.info("Detector: %s the model judges %s at threshold %.4g; the model alone's threshold is "
+                            "%.4g (%s).",
                             f"the known-normal gate passes {known} of {settings['calibration_sessions']} validation "
                             "sessions (their event mix is in the training data);" if known is not None else
                             "no known-normal gate;", "the rest" if known is not None else "every session",
-                            settings["model_only_threshold"] if known == settings["calibration_sessions"]
-                            else settings["anomaly_threshold"], settings.get("threshold_method", "empirical"))
+                            settings["anomaly_threshold"], settings["model_only_threshold"],
+                            "fitted tail" if settings.get("threshold_method") == "gpd_tail" else "empirical quantile")
     else:
         logger.warning("No validation sessions: the model has no anomaly threshold. Set one with `logbert calibrate "
                        "--model %s --normal FILES`.", output_dir)
