@@ -30,7 +30,7 @@ from logbert.export import save_model_folder
 from logbert.hub import HubError, keep_trainer_from_pushing, push_model_folder
 from logbert.metrics import build_compute_metrics, preprocess_logits_for_metrics
 from logbert.model import build_model
-from logbert.pipeline import KNOWN_COUNT_VECTORS_FILE, write_known_count_vectors
+from logbert.model_files import KNOWN_COUNT_VECTORS_FILE, write_known_count_vectors
 from logbert.prepare.templates import copy_parser_state, find_parser_state
 from logbert.resume import (ResumeError, check_checkpoint_fits, checkpoint_tokenizer_path, prepare_output_dir,
                             resolve_checkpoint)

@@ -23,7 +23,7 @@ DATA_SUMMARY_FILE = "data_summary.json"
 # an earlier export, which a new one replaces whole.
 MODEL_FOLDER_FILES = {"config.json", "generation_config.json", "model.safetensors", "model.safetensors.index.json",
                       "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "pipeline.py",
-                      "scoring.py", "session.py", "parser_state.json",
+                      "scoring.py", "session.py", "model_files.py", "parser_state.json",
                       TRAINING_CONFIG_FILE, DATA_SUMMARY_FILE, "eval_results.json", "README.md",
                       "known_count_vectors.npy", "detection_metrics.json"}
 MODEL_SHARD_PATTERN = re.compile(r"^model-\d+-of-\d+\.safetensors$")

@@ -7,9 +7,7 @@ transformers.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -19,7 +17,9 @@ import torch
 from transformers import AutoModelForMaskedLM, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .session import FRAME_TOKEN_IDS, SessionError, normalize_session
+from .model_files import (KNOWN_COUNT_VECTORS_FILE, PARSER_STATE_FILE, load_known_count_vectors,  # noqa: F401
+                          load_templates, write_known_count_vectors)
+from .session import FRAME_TOKEN_IDS, SessionError, is_single_session, is_stream, normalize_session
 from .scoring import (DEFAULT_MLM_PROBABILITY, DEFAULT_NEXT_EVENT_WINDOW, DEFAULT_SCORING_MODE, SCORE_NAMES,
                       SCORING_MODES, NonFiniteScoreError, count_vector_key, event_scores, masking_groups,
                       next_event_context, num_masking_replicas, session_scores, window_spans)
@@ -30,10 +30,6 @@ TASK = "log-anomaly"
 DEFAULT_NUM_CANDIDATES = 5
 DEFAULT_SCORE_NAME = "next_max_nll"
 TOKEN_IDS_KIND = "token_ids"
-# Fingerprints (scoring.count_vector_key) of the event multisets of the training sessions, saved with the model.
-KNOWN_COUNT_VECTORS_FILE = "known_count_vectors.npy"
-# The log parser of `logbert prepare` (plain JSON), copied into models trained on its output.
-PARSER_STATE_FILE = "parser_state.json"
 # What a model row scores: an event with the whole session around it, an event from the events before it only
 # (in the end slot), or the end slot after the whole session ([SEP]).
 MASKED, NEXT, END_SLOT = 0, 1, 2
@@ -91,9 +87,9 @@ class LogAnomalyPipeline(Pipeline):
         self.num_replicas = num_masking_replicas(getattr(config, "mlm_probability", None) or DEFAULT_MLM_PROBABILITY)
         self._warned_no_threshold = False
         model_path = getattr(config, "_name_or_path", None) or getattr(self.model, "name_or_path", None)
-        self.known_count_vectors = _load_known_count_vectors(model_path)
+        self.known_count_vectors = load_known_count_vectors(model_path)
         # Event id -> template text, when the model was trained on `logbert prepare` output: shown beside the id.
-        self.templates = _load_templates(model_path)
+        self.templates = load_templates(model_path)
 
     def save_pretrained(self, save_directory, **kwargs):
         """The model, tokenizer and pipeline code, plus the known-normal fingerprints when this pipeline has them."""
@@ -202,11 +198,11 @@ class LogAnomalyPipeline(Pipeline):
         """
         _, _, params = self._sanitize_parameters(**kwargs)
         params = {**self._postprocess_params, **params}
-        if _is_stream(inputs):
+        if is_stream(inputs):
             return self._score_stream(inputs, params)
         if isinstance(inputs, np.ndarray):
             inputs = inputs.tolist()
-        single = _is_single_session(inputs)
+        single = is_single_session(inputs)
         sessions = [inputs] if single else list(inputs)
         results = self.score(sessions, **params)
         return results[0] if single else results
@@ -447,72 +443,6 @@ def _batch_end(padded: np.ndarray, start: int, batch_tokens: int, batch_size: in
     while end - start > 1 and (end - start) * int(padded[end - 1]) > batch_tokens:
         end = start + max(1, batch_tokens // int(padded[end - 1]))
     return end
-
-
-def _model_file(model_path: str | None, name: str) -> str | None:
-    """The path of an optional file of a model folder or hub repository, or None when it has none."""
-    if not model_path:
-        return None
-    if not os.path.isdir(model_path):  # a hub repository: the file is optional
-        try:
-            from huggingface_hub import hf_hub_download
-
-            return hf_hub_download(model_path, name)
-        except Exception:  # noqa: BLE001 - no such file, offline, or no such repo
-            return None
-    path = os.path.join(model_path, name)
-    return path if os.path.exists(path) else None
-
-
-def _load_known_count_vectors(model_path: str | None) -> frozenset | None:
-    """The training sessions' event-multiset fingerprints saved with the model, or None when there are none."""
-    path = _model_file(model_path, KNOWN_COUNT_VECTORS_FILE)
-    return None if path is None else frozenset(np.load(path, allow_pickle=False).tolist())
-
-
-def _load_templates(model_path: str | None) -> dict[str, str] | None:
-    """Event id -> template text from the parser state `logbert prepare` wrote (plain JSON), or None."""
-    path = _model_file(model_path, PARSER_STATE_FILE)
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as handle:
-        state = json.load(handle)
-    return {entry["event_id"]: entry["template"] for entry in state.get("templates", [])}
-
-
-def write_known_count_vectors(directory, keys) -> str:
-    """Save fingerprints (scoring.count_vector_key) as a sorted int64 array; what the pipeline loads."""
-    path = os.path.join(str(directory), KNOWN_COUNT_VECTORS_FILE)
-    np.save(path, np.array(sorted(keys), dtype=np.int64))
-    return path
-
-
-def _is_stream(inputs: Any) -> bool:
-    """A generator, iterator or dataset of sessions (anything iterable or indexable but not a list, tuple,
-    array, dict or string): scored a chunk at a time, never inspected first (that would use a generator up)."""
-    if isinstance(inputs, (dict, str, bytes, list, tuple, np.ndarray)):
-        return False
-    return isinstance(inputs, Iterable) or (hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__"))
-
-
-def _is_single_session(inputs: Any) -> bool:
-    """One session is a string ("5 22 11") or a dict (a session object); a list is always a batch, as in
-    transformers pipelines, whose items are strings, dicts or lists of event IDs.
-
-    So `detector(["5", "22", "11"])` is three sessions of one event each; one session given as a list of event IDs
-    is `detector([["5", "22", "11"]])[0]`. A batch item that is a bare event ID is an error, not a guess.
-    """
-    if isinstance(inputs, (dict, str)):
-        return True
-    if isinstance(inputs, (list, tuple)):
-        for position, item in enumerate(inputs):
-            if not isinstance(item, (dict, str, list, tuple, np.ndarray)):
-                raise SessionError(f"item {position} of the batch is {item!r}: a batch holds sessions (a string of "
-                                   "event IDs, a session object, or a list of event IDs). To score one session given "
-                                   "as a list of event IDs, pass [that list] or a string.")
-        return False
-    raise SessionError(f"a session is a string of event IDs, a session object or a list of them, got "
-                       f"{type(inputs).__name__}")
 
 
 PIPELINE_REGISTRY.register_pipeline(

@@ -14,6 +14,7 @@ A session is given as one of:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,3 +203,36 @@ def normalize_session(record: Any, where: str | None = None, vocab_size: int | N
     if not events:
         raise SessionError("empty session: expected at least one event", where)
     return Session(kind, events=events, session_id=session_id, label=label)
+
+
+def _is_array(value: Any) -> bool:
+    """A numpy array (or alike), told apart without importing numpy: this module uses the standard library only."""
+    return hasattr(value, "tolist") and hasattr(value, "shape")
+
+
+def is_stream(inputs: Any) -> bool:
+    """A generator, iterator or dataset of sessions (anything iterable or indexable but not a list, tuple,
+    array, dict or string): scored a chunk at a time, never inspected first (that would use a generator up)."""
+    if isinstance(inputs, (dict, str, bytes, list, tuple)) or _is_array(inputs):
+        return False
+    return isinstance(inputs, Iterable) or (hasattr(inputs, "__getitem__") and hasattr(inputs, "__len__"))
+
+
+def is_single_session(inputs: Any) -> bool:
+    """One session is a string ("5 22 11") or a dict (a session object); a list is always a batch, as in
+    transformers pipelines, whose items are strings, dicts or lists of event IDs.
+
+    So `detector(["5", "22", "11"])` is three sessions of one event each; one session given as a list of event IDs
+    is `detector([["5", "22", "11"]])[0]`. A batch item that is a bare event ID is an error, not a guess.
+    """
+    if isinstance(inputs, (dict, str)):
+        return True
+    if isinstance(inputs, (list, tuple)):
+        for position, item in enumerate(inputs):
+            if not (isinstance(item, (dict, str, list, tuple)) or _is_array(item)):
+                raise SessionError(f"item {position} of the batch is {item!r}: a batch holds sessions (a string of "
+                                   "event IDs, a session object, or a list of event IDs). To score one session given "
+                                   "as a list of event IDs, pass [that list] or a string.")
+        return False
+    raise SessionError(f"a session is a string of event IDs, a session object or a list of them, got "
+                       f"{type(inputs).__name__}")

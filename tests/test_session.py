@@ -20,7 +20,7 @@ def test_session_module_imports_only_the_standard_library():
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
                  if isinstance(node, ast.ImportFrom) and node.level == 0}
     assert not any(isinstance(node, ast.ImportFrom) and node.level for node in ast.walk(tree))
-    assert imported <= {"__future__", "dataclasses", "typing"}
+    assert imported <= {"__future__", "collections", "dataclasses", "typing"}
 
 
 def test_frame_tokens_are_cls_sep_and_pad():
