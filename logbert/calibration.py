@@ -52,7 +52,6 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
             progress.update(len(chunk))
     if not results:
         raise ValueError("no calibration session: give normal sessions to set the threshold on")
-    scores = np.array([r["anomaly_score"] for r in results])
     seen = [r for r in results if not r.get("num_unseen")]
     if not seen:
         raise ValueError(f"every one of the {len(results)} calibration sessions holds an event unseen in training, "
@@ -80,7 +79,7 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
         "threshold_target_fpr": target_fpr,
         "score_name": results[0]["score_name"],
         "num_candidates": num_candidates or getattr(detector.model.config, "num_candidates", None) or 5,
-        "calibration_sessions": len(scores),
+        "calibration_sessions": len(results),
         "calibration_sessions_with_unseen_events": len(results) - len(seen),
         "calibration_sessions_known_to_gate": sum(r["known_count_vector"] is True for r in results) if gate else None,
     }
