@@ -10,7 +10,11 @@ predicts each event from at most 10 before it: about k + n rows of bounded lengt
 sessions with the same model in one run, alternating, the fastest of --repeats passes kept, so the ratios hold
 under a varying machine load. Without --model, a freshly initialised model (the project's default size, or
 --config's) is saved with its token-id tokenizer and loaded back through `pipeline(...)`: throughput does not
-depend on the weights. Sessions are all different (identical sessions are scored once; real logs repeat many).
+depend on the weights. The drawn profiles ("hdfs", "heavy") hold all-different sessions with random events, the
+worst case for the bounded windows; "hdfs-real" is the HDFS DeepLog test files themselves (all 23,838 sessions,
+identical ones scored once in both modes), where bounded contexts repeat across sessions.
+
+    PYTHONPATH=. python benchmarks/bench_score.py --lengths hdfs-real --size 4x256 --modes linear   # LogBERT's size
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 import transformers
 from transformers import pipeline
 
-from benchmarks.generate_corpus import CLS_ID, SEP_ID, SessionSampler, load_hdfs_sessions
+from benchmarks.generate_corpus import CLS_ID, FIRST_EVENT_ID, HDFS_DIR, SEP_ID, SessionSampler, load_hdfs_sessions
 from logbert.config import parse_args
 from logbert.data import TOKEN_IDS_KIND
 from logbert.export import save_model_folder
@@ -38,9 +42,18 @@ from logbert.pipeline import LogAnomalyPipeline
 from logbert.tokenizer import build_token_id_tokenizer
 
 
-def untrained_model_dir(config: str | None, directory: str) -> str:
+# The HDFS DeepLog test files, as a user scores them (labels do not matter for speed).
+HDFS_TEST_FILES = ("derived_normal_sample_7000", "hdfs_test_abnormal")
+
+
+def untrained_model_dir(config: str | None, size: str | None, directory: str) -> str:
     """A model folder as training writes it, with freshly initialised weights."""
-    model_args = parse_args([*(["--config", config] if config else []), "--output_dir", directory]).model
+    size_flags = []
+    if size:
+        layers, hidden = (int(part) for part in size.lower().split("x"))
+        size_flags = ["--num_hidden_layers", str(layers), "--hidden_size", str(hidden),
+                      "--num_attention_heads", "4"]
+    model_args = parse_args([*(["--config", config] if config else []), *size_flags, "--output_dir", directory]).model
     tokenizer = build_token_id_tokenizer(model_args.vocab_size)
     torch.manual_seed(0)
     model = build_model(model_args, tokenizer, TOKEN_IDS_KIND)
@@ -48,7 +61,7 @@ def untrained_model_dir(config: str | None, directory: str) -> str:
     return directory
 
 
-def session_objects(args: argparse.Namespace, lengths: str, count: int) -> list[dict]:
+def session_objects(args: argparse.Namespace, lengths: str, count: int | None) -> list[dict]:
     """Sessions in the reference JSON format (`token_ids`, `attention_mask`, `event_sequence`, `session_id`)."""
     if args.data_dir:
         sessions = []
@@ -57,6 +70,8 @@ def session_objects(args: argparse.Namespace, lengths: str, count: int) -> list[
             if len(sessions) >= count:
                 return sessions[:count]
         return sessions
+    if lengths == "hdfs-real":
+        return hdfs_test_sessions(count)
     hdfs, _ = load_hdfs_sessions()
     sampler = SessionSampler.fit(hdfs, lengths, services=32, vocab_size=10000, max_seq_length=512,
                                  seed=args.seed)
@@ -68,6 +83,24 @@ def session_objects(args: argparse.Namespace, lengths: str, count: int) -> list[
         sessions.append({"token_ids": ids, "attention_mask": [1] * len(ids),
                          "event_sequence": [f"E{e}" for e in events], "session_id": f"bench-{i}"})
     return sessions
+
+
+def hdfs_test_sessions(count: int | None) -> list[dict]:
+    """The HDFS DeepLog test sessions in file order (duplicates kept: a user's input has them), as session objects
+    that both a token-id model (event k -> token FIRST_EVENT_ID + k) and an event-ID model (the real IDs) read."""
+    paths = [HDFS_DIR / name for name in HDFS_TEST_FILES]
+    if not all(path.is_file() for path in paths):
+        raise SystemExit(f"--lengths hdfs-real needs the HDFS DeepLog test files in {HDFS_DIR}")
+    sessions = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                events = line.split()
+                if events:
+                    ids = [CLS_ID, *(FIRST_EVENT_ID + int(e) for e in events), SEP_ID]
+                    sessions.append({"token_ids": ids, "attention_mask": [1] * len(ids), "event_sequence": events,
+                                     "session_id": f"{path.name}-{len(sessions)}"})
+    return sessions[:count] if count else sessions
 
 
 def time_scoring(detector, sessions: list[dict], **kwargs) -> float:
@@ -84,12 +117,17 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="A trained LogBERT folder (default: an untrained one).")
     parser.add_argument("--config", default=None, help="Model size of the untrained model (a YAML config).")
+    parser.add_argument("--size", default=None, metavar="LAYERSxHIDDEN",
+                        help="Size of the untrained model, e.g. 4x256 (the original LogBERT's); overrides --config's.")
     parser.add_argument("--data-dir", default=None, help="Sessions from a generate_corpus.py corpus (else drawn).")
-    parser.add_argument("--lengths", choices=["heavy", "hdfs"], nargs="+", default=["hdfs", "heavy"],
-                        help="Drawn session lengths: HDFS's (mean 18 events) and reference-like (mean ~150, max 510).")
+    parser.add_argument("--lengths", choices=["hdfs", "hdfs-real", "heavy"], nargs="+",
+                        default=["hdfs", "hdfs-real", "heavy"],
+                        help="Drawn session lengths: HDFS's (mean ~20 events) and reference-like (mean ~150, max 510), "
+                             "or the HDFS DeepLog test files themselves (hdfs-real, from ../shared/data).")
     parser.add_argument("--modes", nargs="+", default=["linear", "exhaustive"], help="Scoring modes compared.")
     parser.add_argument("--num-sessions", type=int, default=None,
-                        help="Sessions timed per length profile (default: 400 at HDFS lengths, 24 at heavy ones).")
+                        help="Sessions timed per length profile (default: 400 at HDFS lengths, 24 at heavy ones, all "
+                             "23,838 for hdfs-real).")
     parser.add_argument("--warmup-sessions", type=int, default=4, help="Sessions scored first, untimed.")
     parser.add_argument("--repeats", type=int, default=2, help="Timed passes per mode; the fastest is kept.")
     parser.add_argument("--return-events", action="store_true", help="Build the per-event output too.")
@@ -105,15 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     transformers.utils.logging.set_verbosity_error()
     temporary = tempfile.TemporaryDirectory(prefix="logbert-bench-score-")
-    model_dir = args.model or untrained_model_dir(args.config, temporary.name)
+    model_dir = args.model or untrained_model_dir(args.config, args.size, temporary.name)
     detector = pipeline("log-anomaly", model=model_dir, pipeline_class=LogAnomalyPipeline, device=args.device,
                         dtype=getattr(torch, args.dtype))
     profiles = [args.data_dir] if args.data_dir else args.lengths
     results = {}
     for profile in profiles:
-        count = args.num_sessions or (400 if profile == "hdfs" else 24)
-        sessions = session_objects(args, profile, args.warmup_sessions + count)
-        warmup, timed = sessions[: args.warmup_sessions], sessions[args.warmup_sessions:]
+        count = args.num_sessions or {"hdfs": 400, "heavy": 24, "hdfs-real": None}.get(profile, 400)
+        sessions = session_objects(args, profile, count and args.warmup_sessions + count)
+        # The real files are timed whole; their first sessions warm up too.
+        warmup = sessions[: args.warmup_sessions]
+        timed = sessions if count is None else sessions[args.warmup_sessions:]
         events = sum(sum(s["attention_mask"]) - 2 for s in timed)
         seconds = dict.fromkeys(args.modes, float("inf"))
         for mode in args.modes:
@@ -125,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                 batch_tokens=args.batch_tokens, scoring_mode=mode))
         results[profile] = {
             "sessions": len(timed),
+            "distinct_sessions": len({tuple(s["token_ids"]) for s in timed}),
             "mean_events_per_session": events / len(timed),
             "max_events_per_session": max(sum(s["attention_mask"]) - 2 for s in timed),
             **{mode: {"seconds": seconds[mode], "sessions_per_second": len(timed) / seconds[mode],
@@ -132,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     summary = {
         "device": torch.cuda.get_device_name() if args.device == "cuda" else f"cpu ({os.cpu_count()} cores)",
-        "model": args.model or f"untrained ({args.config or 'project default size'})",
+        "model": args.model or f"untrained ({args.size or args.config or 'project default size'})",
         "parameters_millions": sum(p.numel() for p in detector.model.parameters()) / 1e6,
         "dtype": args.dtype,
         "repeats": args.repeats,

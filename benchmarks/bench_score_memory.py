@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    model = untrained_model_dir(None, str(work / "model"))
+    model = untrained_model_dir(None, None, str(work / "model"))
     rng = np.random.default_rng(0)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.getcwd()}
     for name, count, length in (("1k sessions", 1000, None), ("20k sessions", 20000, None),

@@ -28,6 +28,7 @@ from logbert.cli import load_detector
 from logbert.config import parse_args
 from logbert.data import load_corpus
 from logbert.evaluation import detection_metrics
+from logbert.calibration import calibrate
 from logbert.scoring import calibrate_threshold
 from logbert.tail_fit import tail_threshold
 
@@ -41,8 +42,8 @@ def read_sessions(path: Path) -> list[list[str]]:
 def validation_sessions(config: str, train_file: str, seed: int) -> list[list[str]]:
     """The sessions run_mlm_logs.py held out for validation (and calibration) with this config and seed."""
     cache = tempfile.mkdtemp(prefix="logbert-hdfs-modes-")
-    _, data_args, _, _ = parse_args(["--config", config, "--train_file", train_file, "--output_dir", cache,
-                                     "--data_cache_dir", cache, "--seed", str(seed)])
+    data_args = parse_args(["--config", config, "--train_file", train_file, "--output_dir", cache,
+                            "--data_cache_dir", cache, "--seed", str(seed)]).data
     corpus = load_corpus(data_args, 10000, seed)
     rows = corpus.validation
     return [list(map(str, events)) for events, label in zip(rows["event_ids"], rows["label"]) if label != 1]
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--target-fpr", type=float, default=0.001)
     parser.add_argument("--modes", nargs="+", default=["linear", "exhaustive"])
-    parser.add_argument("--next-event-window", type=int, default=None, help="Linear mode's window (model default).")
+    parser.add_argument("--next-event-window", type=int, nargs="+", default=None,
+                        help="Linear mode's windows to compare (default: the model's).")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     transformers.utils.logging.set_verbosity_error()
@@ -67,32 +69,40 @@ def main(argv: list[str] | None = None) -> int:
     labels = np.array([0] * len(normal) + [1] * len(abnormal))
     validation = validation_sessions(args.config, args.train_file, args.seed)
     detector = load_detector(args.model, device="cpu")
-    summary = {"model": args.model, "test_sessions": len(labels), "validation_sessions": len(validation)}
-    for mode in args.modes:
+    print(json.dumps({"model": args.model, "test_sessions": len(labels), "validation_sessions": len(validation)}))
+    windows = args.next_event_window or [None]
+    runs = [(mode, window) for mode in args.modes for window in (windows if mode == "linear" else [None])]
+    for mode, window in runs:
+        name = mode if window is None else f"{mode} (window {window})"
+        settings = {"scoring_mode": mode, **({"next_event_window": window} if window else {})}
         started = time.perf_counter()
-        window = {"next_event_window": args.next_event_window} if args.next_event_window else {}
-        test = detector(normal + abnormal, return_events=False, scoring_mode=mode, **window)
+        test = detector(normal + abnormal, return_events=False, threshold=float("inf"), **settings)
         seconds = time.perf_counter() - started
-        held_out = detector(validation, return_events=False, scoring_mode=mode, known_normal_gate=False, **window)
-        result = {"test_seconds": seconds}
-        for name, key in (("model_alone", "model_score"), ("gated", "anomaly_score")):
+        # The thresholds exactly as training sets them after a run (gate included): logbert.calibration.calibrate.
+        calibrated = calibrate(detector, validation, args.target_fpr, **settings)
+        result = {"test_seconds": seconds, "gated_threshold": calibrated["anomaly_threshold"],
+                  "model_only_threshold": calibrated["model_only_threshold"],
+                  "threshold_method": calibrated["threshold_method"],
+                  "validation_sessions_new_to_gate": len(validation) - (calibrated["calibration_sessions_known_to_gate"]
+                                                                        or 0)}
+        for label, key, threshold in (("gated", "anomaly_score", calibrated["anomaly_threshold"]),
+                                      ("model_alone", "model_score", calibrated["model_only_threshold"])):
             scores = np.array([r[key] for r in test])
-            result[name] = {"auroc": roc_auc_score(labels, scores), "auprc": average_precision_score(labels, scores)}
+            metrics = detection_metrics(scores, labels, threshold, PROJECTED_NORMAL_COUNT)
+            result[label] = {"auroc": roc_auc_score(labels, scores), "auprc": average_precision_score(labels, scores),
+                             **{k: metrics[k] for k in ("precision", "recall", "fpr", "f1", "projected_f1")}}
         model_scores = np.array([r["model_score"] for r in test])
+        held_out = detector(validation, return_events=False, known_normal_gate=False, threshold=float("inf"),
+                            **settings)
         validation_scores = np.array([r["model_score"] for r in held_out if r["num_unseen"] == 0])
-        thresholds = {"empirical": calibrate_threshold(validation_scores, args.target_fpr)}
-        fit = tail_threshold(validation_scores, args.target_fpr)
-        thresholds[f"tail ({fit['threshold_method']})"] = fit["threshold"]
-        result["tail_fit"] = fit["tail_fit"]
-        # The fit as it comes, even where its checks reject it: what the fallback avoided.
-        forced = tail_threshold(validation_scores, args.target_fpr, min_ks_pvalue=0.0, max_shape=float("inf"))
-        thresholds["tail (fit kept whatever its checks say)"] = forced["threshold"]
-        for method, threshold in thresholds.items():
+        # The model alone at other thresholds: the empirical quantile, and the tail fit kept whatever its checks say.
+        unchecked = tail_threshold(validation_scores, args.target_fpr, min_ks_pvalue=0.0, max_shape=float("inf"))
+        for method, threshold in (("empirical", calibrate_threshold(validation_scores, args.target_fpr)),
+                                  ("tail_unchecked", unchecked["threshold"])):
             metrics = detection_metrics(model_scores, labels, threshold, PROJECTED_NORMAL_COUNT)
             result["model_alone"][f"threshold_{method}"] = {
-                "threshold": threshold, **{k: metrics[k] for k in ("precision", "recall", "fpr", "f1", "projected_f1")}}
-        summary[mode] = result
-        print(json.dumps({mode: result}, indent=2, default=float), flush=True)
+                "threshold": threshold, **{k: metrics[k] for k in ("recall", "fpr", "projected_f1")}}
+        print(json.dumps({name: result}, indent=2, default=float), flush=True)
     return 0
 
 

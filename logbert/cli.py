@@ -225,7 +225,9 @@ MAX_ALERTS_PRINTED = 20
 
 def most_surprising_event(result: dict) -> dict | None:
     """The event that made a session anomalous: the least probable one, read left to right where available."""
-    events = result.get("events") or []
+    if "events" not in result:  # an evaluation row keeps only this event (see `explained`)
+        return result.get("most_surprising_event")
+    events = result["events"] or []
 
     def surprise(event: dict) -> float:
         probabilities = [p for p in (event.get("probability"), event.get("next_probability")) if p is not None]
@@ -248,6 +250,19 @@ def alert_line(record: dict) -> str:
     elif result_ends_early(record):
         line += "; the session ends where it should not (end slot)"
     return line
+
+
+# What `logbert evaluate` keeps of a session's events: the one that gave it away, with its template text.
+EXPLANATION_KEYS = ("position", "event", "event_name", "template", "probability", "next_probability", "unseen")
+
+
+def explained(result: dict) -> dict:
+    """The result without its per-event list (too big for every test session), but with its most surprising
+    event, so that each row of scores.jsonl says which event (and template) drove its score."""
+    worst = most_surprising_event(result)
+    kept = {key: value for key, value in result.items() if key != "events"}
+    kept["most_surprising_event"] = None if worst is None else {k: worst[k] for k in EXPLANATION_KEYS if k in worst}
+    return kept
 
 
 def result_ends_early(result: dict) -> bool:
@@ -295,9 +310,8 @@ def _evaluate(args: EvaluateArguments) -> int:
         logger.warning("No training files known (--train): the count-vector baseline is skipped.")
 
     detector = load_detector(args.model, args.device, args.dtype)
-    results = [result for *_, result in score_stream(detector, iter(items), total=len(items), return_events=False,
-                                                     **scoring_settings(args),
-                                                     threshold=args.threshold)]
+    results = [explained(result) for *_, result in score_stream(detector, iter(items), total=len(items), top_n=1,
+                                                                **scoring_settings(args), threshold=args.threshold)]
     threshold = results[0]["threshold"]
     if threshold is None:
         raise ValueError(f"{args.model} has no calibrated threshold: pass --threshold")
@@ -340,6 +354,7 @@ def _evaluate(args: EvaluateArguments) -> int:
         write_model_card(model_dir)
     _report_rejections(rejected, str(output_dir))
     _print_report(report)
+    _print_false_positives(items, results)
     logger.info("Wrote %s, %s and %s", output_dir / "metrics.json", output_dir / "scores.jsonl", ", ".join(plots))
     return 0
 
@@ -365,6 +380,17 @@ def _print_report(report: dict) -> None:
     print(f"\n{counts['normal']} normal, {counts['anomalous']} anomalous sessions "
           f"({counts['distinct_sessions']} distinct); threshold {report['logbert']['threshold']:.4g} "
           f"on score '{report['score_name']}'\n")
+
+
+def _print_false_positives(items: list, results: list[dict], limit: int = 5) -> None:
+    """The first normal sessions the detector flagged, each with the event (and template) that gave it away."""
+    flagged = [{"file": path, "record": number, **result} for (path, number, _, label), result in zip(items, results)
+               if label == 0 and result["is_anomaly"]]
+    if flagged:
+        print(f"Normal sessions flagged (false positives): {len(flagged)}; the first {min(limit, len(flagged))}:")
+        for record in flagged[:limit]:
+            print("  " + alert_line(record))
+        print()
 
 
 @dataclass

@@ -69,7 +69,10 @@ class LogAnomalyPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = True
-    cache_size = 100_000  # distinct sessions whose per-event results are kept
+    # The LRU cache keeps per-event results of at most this many distinct sessions and events in all (~90 bytes an
+    # event: ~100 MB at the bound, whatever the session lengths).
+    cache_size = 100_000
+    cache_events = 1_000_000
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,6 +87,7 @@ class LogAnomalyPipeline(Pipeline):
         self.id_to_event = {index: token for token, index in tokenizer.get_vocab().items()}
         # Per-event results of recently scored distinct sessions (real logs repeat many), least recently used first.
         self._cache: OrderedDict[tuple, dict] = OrderedDict()
+        self._cached_events = 0
         self.num_replicas = num_masking_replicas(getattr(config, "mlm_probability", None) or DEFAULT_MLM_PROBABILITY)
         self._warned_no_threshold = False
         model_path = getattr(config, "_name_or_path", None) or getattr(self.model, "name_or_path", None)
@@ -257,12 +261,17 @@ class LogAnomalyPipeline(Pipeline):
                 per_session[key] = cached
         pending = list(dict.fromkeys(tuple(item["input_ids"]) for item in prepared
                                      if tuple(item["input_ids"]) not in per_session))
+        if not self._cache:
+            self._cached_events = 0
         for key, per_event in zip(pending, self._score_unique(pending, top_n, batch_tokens, scoring_mode,
                                                               next_event_window, batch_size)):
             per_session[key] = per_event
             self._cache[(key, mode_key)] = per_event
-        while len(self._cache) > self.cache_size:  # bounded memory for long streams: least recently used first
-            self._cache.popitem(last=False)
+            self._cached_events += len(key)
+        # Bounded memory for long streams: least recently used first.
+        while self._cache and (len(self._cache) > self.cache_size or self._cached_events > self.cache_events):
+            (evicted, _), _ = self._cache.popitem(last=False)
+            self._cached_events -= len(evicted)
 
         results = []
         for item in prepared:

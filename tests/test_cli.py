@@ -72,6 +72,30 @@ def test_evaluate_writes_metrics_scores_and_plots(trained_model_dir, tmp_path):
     assert len((output_dir / "scores.jsonl").read_text().splitlines()) == 1000
 
 
+def test_evaluate_explains_each_session_with_its_template(trained_model_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_model_dir, model, ignore=shutil.ignore_patterns("checkpoint-*", "best_model"))
+    templates = [{"event_id": "5", "template": "Receiving block <*> src: /<*> dest: /<*>", "occurrences": 3}]
+    (model / "parser_state.json").write_text(json.dumps({"format_version": 1, "templates": templates}))
+    normal = tmp_path / "normal.txt"
+    normal.write_text("5 5 5 5 5 5 5 5\n22 5 11 9\n")
+    abnormal = tmp_path / "abnormal.txt"
+    abnormal.write_text("5 5 5 5 5 5 5 5 5 5 5 5\n")
+    # threshold -1: every session is flagged, so the normal ones are listed as false positives
+    assert evaluate_main(["--model", str(model), "--normal", str(normal), "--abnormal", str(abnormal),
+                          "--output_dir", str(tmp_path / "report"), "--threshold", "-1"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "report" / "scores.jsonl").read_text().splitlines()]
+    assert all("events" not in row for row in rows)
+    worst = [row["most_surprising_event"] for row in rows]
+    assert [w["event"] for w in (worst[0], worst[2])] == ["5", "5"]
+    assert worst[0]["template"] == templates[0]["template"] and worst[1]["event"] in {"22", "5", "11", "9"}
+    output = capsys.readouterr().out
+    assert "Normal sessions flagged (false positives): 2" in output
+    assert "event 5 at position" in output and templates[0]["template"] in output
+
+
 def test_evaluate_needs_test_sessions(trained_model_dir, tmp_path, capsys):
     assert evaluate_main(["--model", str(trained_model_dir), "--output_dir", str(tmp_path)]) == 2
     assert "--normal" in capsys.readouterr().err

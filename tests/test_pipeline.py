@@ -301,6 +301,15 @@ def test_the_cache_is_bounded_and_keeps_recent_sessions(detector, monkeypatch):
                                                    for s in ("22 5", "5 5")}
 
 
+def test_the_cache_is_bounded_by_events_too(detector, monkeypatch):
+    detector._cache.clear()
+    monkeypatch.setattr(detector, "cache_events", 5)  # room for "5 5" and "22 5", not for "22 5 5" besides
+    detector(["22 5 5", "22 5", "5 5"], return_events=False)
+    assert len(detector._cache) == 2 and detector._cached_events == 4
+    first = detector("22 5 5", return_events=False)  # scored again, evicting the oldest
+    assert detector._cached_events <= 5 and first["num_events"] == 3
+
+
 def test_non_finite_scores_are_an_error_not_a_verdict(detector):
     broken = copy.deepcopy(detector.model)
     with torch.no_grad():

@@ -51,6 +51,18 @@ def heap_reused_across_files():
             libc.malloc_trim(0)
 
 
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the kernel (glibc's malloc_trim; elsewhere a no-op).
+
+    Scoring frees a batch's activations (hundreds of MB) after every forward pass, in blocks of every size under
+    glibc's mmap threshold; the heap keeps them, fragmented, and the resident size crept up with the sessions
+    scored. Measured (20 chunks of 1,000 sessions, untrained 2 x 128 model): resident memory between chunks 1,233 ->
+    1,578 MB and peak 2,033 MB without, 531 -> 621 MB (the LRU cache) and peak 1,633 MB with a trim after each chunk.
+    """
+    if platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(None).malloc_trim(0)
+
+
 def keep_heap_in_worker() -> None:
     """`ProcessPoolExecutor` initializer: a parsing worker keeps its heap across files until it exits."""
     _keep_heap()
