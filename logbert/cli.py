@@ -275,6 +275,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(args: EvaluateArguments) -> int:
+    import time
+
     import numpy as np
 
     from .evaluation import CountVectorBaseline, detection_metrics, iter_sessions, score_stream, write_plots
@@ -310,8 +312,12 @@ def _evaluate(args: EvaluateArguments) -> int:
         logger.warning("No training files known (--train): the count-vector baseline is skipped.")
 
     detector = load_detector(args.model, args.device, args.dtype)
+    started = time.perf_counter()
     results = [explained(result) for *_, result in score_stream(detector, iter(items), total=len(items), top_n=1,
                                                                 **scoring_settings(args), threshold=args.threshold)]
+    elapsed = max(time.perf_counter() - started, 1e-9)
+    logger.info("Scored %d sessions in %.1f s (%.1f sessions/s, %.0f events/s)", len(results), elapsed,
+                len(results) / elapsed, sum(r["num_events"] for r in results) / elapsed)
     threshold = results[0]["threshold"]
     if threshold is None:
         raise ValueError(f"{args.model} has no calibrated threshold: pass --threshold")

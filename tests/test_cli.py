@@ -72,7 +72,7 @@ def test_evaluate_writes_metrics_scores_and_plots(trained_model_dir, tmp_path):
     assert len((output_dir / "scores.jsonl").read_text().splitlines()) == 1000
 
 
-def test_evaluate_explains_each_session_with_its_template(trained_model_dir, tmp_path, capsys):
+def test_evaluate_explains_each_session_with_its_template(trained_model_dir, tmp_path, capsys, caplog):
     import shutil
 
     model = tmp_path / "model"
@@ -93,6 +93,7 @@ def test_evaluate_explains_each_session_with_its_template(trained_model_dir, tmp
     assert worst[0]["template"] == templates[0]["template"] and worst[1]["event"] in {"22", "5", "11", "9"}
     output = capsys.readouterr().out
     assert "Normal sessions flagged (false positives): 2" in output
+    assert any("Scored 3 sessions in" in r.getMessage() and "sessions/s" in r.getMessage() for r in caplog.records)
     assert "event 5 at position" in output and templates[0]["template"] in output
 
 
