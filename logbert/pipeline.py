@@ -203,8 +203,8 @@ class LogAnomalyPipeline(Pipeline):
         Why not transformers' ChunkPipeline batching: it batches one session's rows in arrival order, so a batch
         mixes ~12-token windows with whole-session replicas and pads them all to the longest, and it cannot score
         a window that many sessions share once. The same rows and reductions as a ChunkPipeline
-        (benchmarks/bench_chunk_pipeline.py, batch_size 64, same run, scores equal to 3e-6) were 8.7x slower on
-        the distinct HDFS test sessions, 16.5x with their repeats, and 3.0-5.5x on reference-like long sessions.
+        (benchmarks/bench_chunk_pipeline.py, batch_size 64 or 256, same run, scores equal to 3e-6) were 2.6x
+        slower on distinct HDFS test sessions, 8.3-8.5x with their repeats, 2.9-7.9x on reference-like ones.
         """
         _, _, params = self._sanitize_parameters(**kwargs)
         params = {**self._postprocess_params, **params}
