@@ -119,6 +119,11 @@ class DataArguments:
         metadata={"help": "Share of training sessions whose end is a masked slot to predict ([SEP] or the next event); "
                   "teaches the model where sessions end, which per-event masking cannot. 0 turns it off."},
     )
+    end_slot_window: int = field(
+        default=0,
+        metadata={"help": "With N > 0, half of the end slots after a prefix see only its last N events, in place, as "
+                  "linear scoring reads them (set it to --next_event_window). 0: every prefix from the start."},
+    )
     pad_to_multiple_of: int = field(default=8, metadata={"help": "Dynamic padding length multiple."})
     min_event_frequency: int = field(
         default=1, metadata={"help": "Events seen fewer times in training map to [UNK] in the vocabulary."}

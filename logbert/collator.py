@@ -83,9 +83,29 @@ def draw_end_slots(events: np.ndarray, probability: float, rng: np.random.Genera
     return np.where(chosen, np.where(whole, events, prefix), NO_END_SLOT)
 
 
-def end_slot_lengths(lengths: np.ndarray, end_slots: np.ndarray) -> np.ndarray:
+def draw_window_starts(events: np.ndarray, end_slots: np.ndarray, window: int, rng: np.random.Generator) -> np.ndarray:
+    """Where the events kept before an end slot start: 0 (the session's start), or, for half of the prefix cuts
+    longer than `window`, `end_slot - window`: the slot then sees only the last `window` events, in place (their
+    positions in the session), as "linear" scoring reads a left-to-right window. 0 everywhere when `window` is 0.
+
+    Args:
+        events: events per session, [CLS] and [SEP] not counted. # (N,)
+        end_slots: `draw_end_slots`' cuts. # (N,)
+    Returns:
+        # (N,) int64
+    """
+    events, end_slots = np.asarray(events, dtype=np.int64), np.asarray(end_slots, dtype=np.int64)
+    if window <= 0:
+        return np.zeros(len(end_slots), dtype=np.int64)
+    coin = rng.random(len(end_slots)) < 0.5
+    windowed = coin & (end_slots != NO_END_SLOT) & (end_slots < events) & (end_slots > window)
+    return np.where(windowed, end_slots - window, 0)
+
+
+def end_slot_lengths(lengths: np.ndarray, end_slots: np.ndarray, window_starts: np.ndarray | None = None) -> np.ndarray:
     """Tokens per session once its end slot is in place: [CLS], the events kept, the slot."""
-    return np.where(end_slots == NO_END_SLOT, lengths, end_slots + 2)
+    kept = end_slots if window_starts is None else end_slots - window_starts
+    return np.where(end_slots == NO_END_SLOT, lengths, kept + 2)
 
 
 @dataclass
@@ -101,10 +121,14 @@ class EndOfSessionCollator:
     Where each slot goes comes with the example as `end_slot` (see `draw_end_slots`), drawn by the training
     sampler so that batches can be grouped by the length after the cut (`logbert.trainer`). Examples without
     it (a plain Trainer, or another sampling strategy) get slots drawn here, from the torch RNG.
+
+    With `window` > 0, half of the prefix cuts keep only their last `window` events (`window_start`, see
+    `draw_window_starts`), at the positions they have in the session: the batch then carries `position_ids`.
     """
 
     collator: object
     probability: float = 0.5
+    window: int = 0
 
     def __call__(self, examples):
         if "labels" in examples[0]:  # evaluation sessions, masked ahead of time: plain MLM
@@ -113,24 +137,31 @@ class EndOfSessionCollator:
         mask = tokenizer.mask_token_id
         if "end_slot" in examples[0]:
             end_slots = [example["end_slot"] for example in examples]
+            starts = [example.get("window_start", 0) for example in examples]
         else:
             rng = np.random.default_rng(int(torch.randint(2**62, (1,))))
-            end_slots = draw_end_slots([len(example["input_ids"]) - 2 for example in examples], self.probability,
-                                       rng).tolist()
+            events = [len(example["input_ids"]) - 2 for example in examples]
+            end_slots = draw_end_slots(events, self.probability, rng)
+            starts = draw_window_starts(events, end_slots, self.window, rng).tolist()
+            end_slots = end_slots.tolist()
         ends = []  # (row, position, label)
         reshaped = []
-        for row, (example, kept) in enumerate(zip(examples, end_slots)):
+        for row, (example, kept, start) in enumerate(zip(examples, end_slots, starts)):
             ids = list(example["input_ids"])
-            if kept != NO_END_SLOT:  # keep [CLS] and `kept` events; the slot holds what came next
+            if kept != NO_END_SLOT:  # keep [CLS] and `kept` events (from `start` on); the slot holds what came next
                 # The whole session: its end is [SEP], also for token-id data whose last token is something else.
                 label = tokenizer.sep_token_id if kept == len(ids) - 2 else ids[kept + 1]
-                ids = ids[: kept + 1] + [mask]
-                ends.append((row, kept + 1, label))
+                ids = ids[:1] + ids[start + 1: kept + 1] + [mask]
+                ends.append((row, kept - start + 1, label))
             reshaped.append({**example, "input_ids": ids})
         batch = self.collator(reshaped)
         for row, position, label in ends:
             batch["input_ids"][row, position] = mask
             batch["labels"][row, position] = label
+        if any(starts):  # windows sit where their events sit in the session; [CLS] stays at 0
+            position_ids = torch.arange(batch["input_ids"].shape[1]).repeat(len(examples), 1)
+            position_ids[:, 1:] += torch.tensor(starts)[:, None]
+            batch["position_ids"] = position_ids
         return batch
 
 
@@ -178,5 +209,5 @@ def build_training_collator(tokenizer, data_args):
     """The training collator: MLM masking, and the end slot on `end_of_session_probability` of the sessions."""
     collator = build_collator(tokenizer, data_args)
     if data_args.end_of_session_probability > 0:
-        return EndOfSessionCollator(collator, data_args.end_of_session_probability)
+        return EndOfSessionCollator(collator, data_args.end_of_session_probability, data_args.end_slot_window)
     return collator

@@ -12,6 +12,7 @@ from .collator import (
     NO_END_SLOT,
     EndOfSessionCollator,
     draw_end_slots,
+    draw_window_starts,
     end_slot_lengths,
 )
 from .resume import ReproducibleResumeCallback
@@ -37,10 +38,12 @@ class EndSlotSampler(torch.utils.data.Sampler):
         seed: with the epoch, fixes the cuts and the order.
         strategy: "group_by_length" (megabatches of 50 batches sorted longest first, as transformers'
             LengthGroupedSampler does), "random" or "sequential".
+        window: with > 0, half of the prefix cuts keep only their last `window` events (`draw_window_starts`);
+            the sampler then yields `(index, end_slot, window_start)`.
     """
 
     def __init__(self, lengths: np.ndarray, batch_size: int, probability: float, seed: int,
-                 strategy: str = "group_by_length"):
+                 strategy: str = "group_by_length", window: int = 0):
         if strategy not in PLANNED_STRATEGIES:
             raise ValueError(f"EndSlotSampler: strategy {strategy!r} is not one of {PLANNED_STRATEGIES}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
@@ -48,6 +51,7 @@ class EndSlotSampler(torch.utils.data.Sampler):
         self.probability = probability
         self.seed = seed
         self.strategy = strategy
+        self.window = window
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -56,21 +60,27 @@ class EndSlotSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def plan(self) -> tuple[np.ndarray, np.ndarray]:
-        """(order, end_slots) of this epoch: indices in training order, and each session's end slot."""
+    def plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(order, end_slots, window_starts) of this epoch: indices in training order, each session's end slot,
+        and where the events it keeps start."""
         rng = np.random.default_rng([self.seed, self.epoch])
         end_slots = draw_end_slots(self.lengths - 2, self.probability, rng)
+        # Drawn only with a window, so that runs without one keep the cuts and order they always had.
+        starts = draw_window_starts(self.lengths - 2, end_slots, self.window, rng) if self.window \
+            else np.zeros(len(self.lengths), dtype=np.int64)
         if self.strategy == "sequential":
             order = np.arange(len(self.lengths))
         elif self.strategy == "random":
             order = rng.permutation(len(self.lengths))
         else:
-            order = length_grouped_order(end_slot_lengths(self.lengths, end_slots), self.batch_size, rng)
-        return order, end_slots
+            order = length_grouped_order(end_slot_lengths(self.lengths, end_slots, starts), self.batch_size, rng)
+        return order, end_slots, starts
 
     def __iter__(self):
-        order, end_slots = self.plan()
-        return iter(zip(order.tolist(), end_slots[order].tolist()))
+        order, end_slots, starts = self.plan()
+        if not self.window:
+            return iter(zip(order.tolist(), end_slots[order].tolist()))
+        return iter(zip(order.tolist(), end_slots[order].tolist(), starts[order].tolist()))
 
 
 def length_grouped_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -104,9 +114,10 @@ class EndSlotDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, keys: list) -> list[dict]:
         # One Arrow read per batch instead of one per session.
-        keys = [key if isinstance(key, (tuple, list)) else (key, NO_END_SLOT) for key in keys]
-        rows = self.sessions[[int(index) for index, _ in keys]]["input_ids"]
-        return [{"input_ids": ids, "end_slot": int(end_slot)} for ids, (_, end_slot) in zip(rows, keys)]
+        keys = [tuple(key) if isinstance(key, (tuple, list)) else (key, NO_END_SLOT) for key in keys]
+        rows = self.sessions[[int(key[0]) for key in keys]]["input_ids"]
+        return [{"input_ids": ids, "end_slot": int(key[1]), **({"window_start": int(key[2])} if len(key) > 2 else {})}
+                for ids, key in zip(rows, keys)]
 
 
 class LogBertTrainer(Trainer):
@@ -147,7 +158,7 @@ class LogBertTrainer(Trainer):
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         self.end_slot_sampler = EndSlotSampler(
             lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps,
-            self._end_slot_probability(), seed, self.args.train_sampling_strategy)
+            self._end_slot_probability(), seed, self.args.train_sampling_strategy, self.data_collator.window)
         return self.end_slot_sampler
 
     def _get_collator_with_removed_columns(self, data_collator, description=None):

@@ -15,6 +15,7 @@ from logbert.collator import (
     EndOfSessionCollator,
     build_collator,
     draw_end_slots,
+    draw_window_starts,
     end_slot_lengths,
 )
 from logbert.config import DataArguments
@@ -79,6 +80,34 @@ def test_collator_puts_the_slot_where_the_example_says(tokenizer):
     assert batch["input_ids"][2, :6].tolist() == ids
 
 
+def test_windows_cut_half_of_the_long_prefixes_to_their_last_events():
+    events = np.random.default_rng(0).integers(1, 100, 100_000)
+    end_slots = draw_end_slots(events, 0.5, np.random.default_rng(1))
+    starts = draw_window_starts(events, end_slots, 10, np.random.default_rng(2))
+    long_prefix = (end_slots != NO_END_SLOT) & (end_slots < events) & (end_slots > 10)
+    assert (starts[~long_prefix] == 0).all()  # whole sessions and short prefixes keep their start
+    windowed = starts > 0
+    assert windowed[long_prefix].mean() == pytest.approx(0.5, abs=0.01)
+    assert (end_slots[windowed] - starts[windowed] == 10).all()
+    assert (draw_window_starts(events, end_slots, 0, np.random.default_rng(2)) == 0).all()
+    assert end_slot_lengths(events + 2, end_slots, starts)[windowed].tolist() == [12] * int(windowed.sum())
+
+
+def test_a_windowed_slot_sits_where_linear_scoring_reads_it(tokenizer):
+    from logbert.scoring import next_event_context
+
+    collator = EndOfSessionCollator(build_collator(tokenizer, DataArguments(mlm_probability=0.0001)), 0.5, window=2)
+    ids = [101, 104, 105, 106, 107, 108, 102]
+    batch = collator([{"input_ids": ids, "end_slot": 4, "window_start": 2}, {"input_ids": ids, "end_slot": 3}])
+    mask = tokenizer.mask_token_id
+    # events 2 and 3 (106, 107) at positions 3 and 4, the slot at 5 predicting event 4 (108); [CLS] at 0
+    assert batch["input_ids"][0, :4].tolist() == [101, 106, 107, mask] and batch["labels"][0, 3] == 108
+    assert batch["position_ids"][0, :4].tolist() == [0, 3, 4, 5]
+    assert batch["position_ids"][1, :5].tolist() == [0, 1, 2, 3, 4]  # a prefix from the start: positions as usual
+    # the pipeline's left-to-right row for event 4 with a window of 2 reads the same events at the same positions
+    assert next_event_context(4, 2) == (2, 4)
+
+
 # ---- the sampler ----------------------------------------------------------------------------------------------------
 
 def test_sampler_yields_every_session_once_with_its_planned_slot_and_is_fixed_by_seed_and_epoch():
@@ -86,12 +115,22 @@ def test_sampler_yields_every_session_once_with_its_planned_slot_and_is_fixed_by
     sampler = EndSlotSampler(lengths, BATCH, 0.5, seed=7)
     first = list(sampler)
     assert sorted(index for index, _ in first) == list(range(2000))
-    order, end_slots = sampler.plan()
+    order, end_slots, _ = sampler.plan()
     assert first == list(zip(order.tolist(), end_slots[order].tolist()))
     assert list(EndSlotSampler(lengths, BATCH, 0.5, seed=7)) == first  # another process, or a resumed run
     sampler.set_epoch(1)
     assert list(sampler) != first  # new cuts and a new order each epoch
     assert list(EndSlotSampler(lengths, BATCH, 0.5, seed=8)) != first
+
+
+def test_a_sampler_with_a_window_yields_the_window_start():
+    lengths = heavy_sessions(500)["length"]
+    planned = list(EndSlotSampler(lengths, BATCH, 0.5, seed=7, window=10))
+    assert all(len(item) == 3 for item in planned) and any(start > 0 for _, _, start in planned)
+    assert all(end_slot - start == 10 for _, end_slot, start in planned if start)
+    assert [item[:2] for item in planned] != list(EndSlotSampler(lengths, BATCH, 0.5, seed=7))  # grouped anew
+    dataset = EndSlotDataset(heavy_sessions(4))
+    assert dataset[(2, 30, 20)]["window_start"] == 20 and "window_start" not in dataset[(2, 30)]
 
 
 def test_grouped_order_sorts_each_megabatch_and_puts_the_longest_first():
