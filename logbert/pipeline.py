@@ -73,6 +73,7 @@ class LogAnomalyPipeline(Pipeline):
     # event: ~100 MB at the bound, whatever the session lengths).
     cache_size = 100_000
     cache_events = 1_000_000
+    _warned_unused: set = set()  # replaced per instance on the first warning (see _sanitize_parameters)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -114,6 +115,11 @@ class LogAnomalyPipeline(Pipeline):
                             ("batch_size", batch_size)):
             if value is not None:
                 postprocess[name] = value
+        unused = sorted(name for name, value in kwargs.items() if value is not None)
+        if unused and not self._warned_unused.issuperset(unused):
+            # Never dropped silently: e.g. num_workers (rows are built in this process, across sessions) or a typo.
+            logger.warning("LogAnomalyPipeline does not use %s: ignored", ", ".join(unused))
+            self._warned_unused = self._warned_unused | set(unused)
         return {}, {}, postprocess
 
     def preprocess(self, session: Any) -> dict:

@@ -364,3 +364,9 @@ def test_events_carry_their_template_text_when_the_model_has_a_parser_state(trai
     assert [e["template"] for e in result["events"]] == [templates[1]["template"], templates[0]["template"],
                                                          templates[0]["template"]]
     assert "template" in result["events"][0]["top_candidates"][0]
+
+
+def test_a_keyword_the_pipeline_does_not_use_is_warned_about_not_dropped(detector, caplog):
+    with caplog.at_level("WARNING", logger="logbert.pipeline"):
+        detector(NORMAL, return_events=False, num_workers=4, treshold=2.0)
+    assert any("does not use num_workers, treshold" in r.getMessage() for r in caplog.records)
