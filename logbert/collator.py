@@ -160,7 +160,9 @@ class EndOfSessionCollator:
             batch["labels"][row, position] = label
         if any(starts):  # windows sit where their events sit in the session; [CLS] stays at 0
             position_ids = torch.arange(batch["input_ids"].shape[1]).repeat(len(examples), 1)
-            position_ids[:, 1:] += torch.tensor(starts)[:, None]
+            for row, (start, example) in enumerate(zip(starts, reshaped)):
+                # only the row's own tokens move: its padding keeps positions the model has, whatever the batch
+                position_ids[row, 1: len(example["input_ids"])] += start
             batch["position_ids"] = position_ids
         return batch
 

@@ -104,6 +104,7 @@ def test_a_windowed_slot_sits_where_linear_scoring_reads_it(tokenizer):
     assert batch["input_ids"][0, :4].tolist() == [101, 106, 107, mask] and batch["labels"][0, 3] == 108
     assert batch["position_ids"][0, :4].tolist() == [0, 3, 4, 5]
     assert batch["position_ids"][1, :5].tolist() == [0, 1, 2, 3, 4]  # a prefix from the start: positions as usual
+    assert batch["position_ids"][0, 4:].tolist() == list(range(4, batch["input_ids"].shape[1]))  # padding unmoved
     # the pipeline's left-to-right row for event 4 with a window of 2 reads the same events at the same positions
     assert next_event_context(4, 2) == (2, 4)
 
