@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .ingest.glibc_heap import release_freed_memory
 from .scoring import calibrate_threshold, count_vector_key
 
 logger = logging.getLogger(__name__)
@@ -50,7 +49,6 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
             # Identical sessions are scored once (the pipeline's cache), so repeats cost nothing.
             results += detector.score(chunk, return_events=False, score_name=score_name,
                                       num_candidates=num_candidates, threshold=float("inf"), **score_kwargs)
-            release_freed_memory()
             progress.update(len(chunk))
     if not results:
         raise ValueError("no calibration session: give normal sessions to set the threshold on")

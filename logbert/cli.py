@@ -110,6 +110,9 @@ def load_detector(model: str, device: str | None = None, dtype: str | None = Non
     if len(detector.tokenizer) > rows:
         raise ValueError(f"{model}: its tokenizer has {len(detector.tokenizer)} tokens but the model was trained "
                          f"with {rows}: the tokenizer comes from another run")
+    from .ingest.glibc_heap import release_freed_memory
+
+    detector.after_forward = release_freed_memory  # resident memory stays flat over a long stream (see there)
     return detector
 
 

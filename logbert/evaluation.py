@@ -13,7 +13,6 @@ from tqdm.auto import tqdm
 
 from .data import DataError, Rejection, iter_file_records
 from .ingest.files import expand_inputs  # noqa: F401 (re-exported)
-from .ingest.glibc_heap import release_freed_memory
 from .session import FRAME_TOKEN_IDS, SessionError, normalize_session
 
 logger = logging.getLogger(__name__)
@@ -60,7 +59,6 @@ def score_stream(detector, sessions: Iterable[tuple[str, int, Any, int]], chunk_
     def score(items: list) -> Iterator[tuple[str, int, int, dict]]:
         try:
             results = detector.score([session for _, _, session, _ in items], **score_kwargs)
-            release_freed_memory()  # the chunk's batches are freed: resident memory stays flat over the stream
         except ValueError as error:
             if rejected is None:
                 raise

@@ -74,6 +74,8 @@ class LogAnomalyPipeline(Pipeline):
     cache_size = 100_000
     cache_events = 1_000_000
     _warned_unused: set = set()  # replaced per instance on the first warning (see _sanitize_parameters)
+    # Called after every forward pass when set: `logbert.cli.load_detector` hands freed memory back to the OS there.
+    after_forward = None
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -436,6 +438,8 @@ class LogAnomalyPipeline(Pipeline):
                                    "sep_allowed": torch.from_numpy(kinds != MASKED),
                                    "num_ranked": int(np.sum(kinds == MASKED))}, top_n=top_n)
             scored = {name: value.numpy() for name, value in scored.items()}
+            if self.after_forward is not None:
+                self.after_forward()
             flat_index = offsets[sessions] + event_index
             for kind, names in ((MASKED, ("nll", "rank", "probability", "top_ids", "top_probs")),
                                 (NEXT, ("nll", "probability"))):

@@ -322,3 +322,16 @@ def test_an_input_error_is_reported_before_torch_is_even_imported():
     assert completed.stdout.split() == ["2", "False"], completed.stderr
     assert completed.stderr.strip().splitlines()[-1] == (
         "error: --input /nonexistent/sessions.jsonl: no such file (or no file matches the pattern)")
+
+
+def test_a_loaded_detector_hands_freed_memory_back_after_every_forward_pass(trained_model_dir):
+    from logbert.cli import load_detector
+    from logbert.ingest.glibc_heap import release_freed_memory
+
+    detector = load_detector(str(trained_model_dir), device="cpu")
+    assert detector.after_forward is release_freed_memory
+    calls = []
+    detector.after_forward = lambda: calls.append(1)
+    detector._cache.clear()
+    results = detector(["5 22 5 11 9 26", "22 5 5 5 26 26 21"], batch_size=2, return_events=False)
+    assert len(calls) >= 2 and all(r["num_events"] for r in results)  # several passes, each followed by a trim
