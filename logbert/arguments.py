@@ -146,6 +146,8 @@ class DataArguments:
             raise ValueError("--mlm_probability (--mask_prob) must be in (0, 1).")
         if self.mask_replace_prob + self.random_replace_prob > 1:
             raise ValueError("--mask_replace_prob + --random_replace_prob must not exceed 1.")
+        if self.end_slot_window < 0:
+            raise ValueError("--end_slot_window must be 0 (off) or a number of events.")
 
     def cache_root(self) -> Path:
         return Path(self.data_cache_dir or os.environ.get("LOGBERT_CACHE") or Path.home() / ".cache" / "logbert")

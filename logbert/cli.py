@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,18 +241,18 @@ def most_surprising_event(result: dict) -> dict | None:
 
 
 def alert_line(record: dict) -> str:
-    """One terminal line per flagged session: where it is, its score, and the event that gave it away."""
+    """One terminal line per flagged session: where it is, its score, and what gave it away (an event or its end)."""
     where = record.get("session_id") or f"{record['file']}:{record['record']}"
     line = f"ANOMALY {where}: score {record['anomaly_score']:.3f} > {record['threshold']:.3f}"
     worst = most_surprising_event(record)
-    if worst is not None:
+    if result_ends_early(record):
+        line += f"; the session ends where it should not (end slot, p={math.exp(-record['end_nll']):.2g})"
+    elif worst is not None:
         what = "unseen in training" if worst.get("unseen") else (
             f"p={min(p for p in (worst.get('probability'), worst.get('next_probability')) if p is not None):.2g}")
         line += f"; event {worst['event']} at position {worst['position']} ({what})"
         if worst.get("template"):
             line += f": {worst['template']}"
-    elif result_ends_early(record):
-        line += "; the session ends where it should not (end slot)"
     return line
 
 
@@ -261,15 +262,21 @@ EXPLANATION_KEYS = ("position", "event", "event_name", "template", "probability"
 
 def explained(result: dict) -> dict:
     """The result without its per-event list (too big for every test session), but with its most surprising
-    event, so that each row of scores.jsonl says which event (and template) drove its score."""
+    event and whether its ending scored worst (`ends_early`), so that each row of scores.jsonl says what drove
+    its score."""
     worst = most_surprising_event(result)
     kept = {key: value for key, value in result.items() if key != "events"}
     kept["most_surprising_event"] = None if worst is None else {k: worst[k] for k in EXPLANATION_KEYS if k in worst}
+    kept["ends_early"] = result_ends_early(result)
     return kept
 
 
 def result_ends_early(result: dict) -> bool:
-    return result.get("end_nll", 0.0) >= result.get("max_nll", 0.0)
+    """The end slot gave the session away: with a score that reads it left to right, no event was as surprising
+    as the session ending where it does (a truncated session, every event of it plausible)."""
+    if result.get("score_name", "next_max_nll") not in ("next_max_nll", "end_nll") or "next_max_nll" not in result:
+        return False
+    return not result.get("num_unseen") and result.get("end_nll", 0.0) >= result["next_max_nll"]
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:

@@ -232,6 +232,18 @@ def test_a_flagged_session_is_printed_with_the_event_that_gave_it_away():
     assert "event 5 at position 2 (unseen in training)" in alert_line({**record, "session_id": "blk_7"})
 
 
+def test_a_session_given_away_by_its_ending_says_so():
+    from logbert.cli import alert_line, explained
+
+    record = {"file": "f.jsonl", "record": 1, "anomaly_score": 6.0, "threshold": 4.0, "score_name": "next_max_nll",
+              "end_nll": 6.0, "next_max_nll": 6.0, "max_nll": 0.5, "num_unseen": 0,
+              "events": [{"position": 0, "event": "22", "probability": 0.9, "next_probability": None, "unseen": False},
+                         {"position": 1, "event": "5", "probability": 0.8, "next_probability": 0.7, "unseen": False}]}
+    assert "the session ends where it should not (end slot, p=0.0025)" in alert_line(record)
+    assert explained(record)["ends_early"] is True
+    assert explained({**record, "end_nll": 1.0})["ends_early"] is False  # an event scored worse than the ending
+
+
 def test_logbert_lists_its_subcommands_and_each_help_exits_0(capsys):
     from logbert.commands import COMMANDS, main
 
