@@ -94,7 +94,7 @@ def test_windows_cut_half_of_the_long_prefixes_to_their_last_events():
 
 
 def test_a_windowed_slot_sits_where_linear_scoring_reads_it(tokenizer):
-    from logbert.scoring import next_event_context
+    from logbert.pipeline import NEXT, LogAnomalyPipeline
 
     collator = EndOfSessionCollator(build_collator(tokenizer, DataArguments(mlm_probability=0.0001)), 0.5, window=2)
     ids = [101, 104, 105, 106, 107, 108, 102]
@@ -105,8 +105,15 @@ def test_a_windowed_slot_sits_where_linear_scoring_reads_it(tokenizer):
     assert batch["position_ids"][0, :4].tolist() == [0, 3, 4, 5]
     assert batch["position_ids"][1, :5].tolist() == [0, 1, 2, 3, 4]  # a prefix from the start: positions as usual
     assert batch["position_ids"][0, 4:].tolist() == list(range(4, batch["input_ids"].shape[1]))  # padding unmoved
-    # the pipeline's left-to-right row for event 4 with a window of 2 reads the same events at the same positions
-    assert next_event_context(4, 2) == (2, 4)
+    # the pipeline's left-to-right row for event 4 with a window of 2 holds the same tokens at the same positions
+    scorer = LogAnomalyPipeline.__new__(LogAnomalyPipeline)  # only its row building: no model needed
+    scorer.tokenizer, scorer.max_events, scorer.num_replicas = tokenizer, 510, 7
+    rows, _ = scorer._build_rows([tuple(ids[1:-1])], "linear", 2)
+    tokens, positions, _, _, _, offset = next(row for row in rows if row[2] == NEXT and row[4].tolist() == [4])
+    scored = tokens.copy()
+    scored[positions] = mask
+    assert scored.tolist() == batch["input_ids"][0, :4].tolist() and tokens[positions].tolist() == [108]
+    assert [0, *range(1 + offset, len(tokens) + offset)] == batch["position_ids"][0, :4].tolist()
 
 
 # ---- the sampler ----------------------------------------------------------------------------------------------------
