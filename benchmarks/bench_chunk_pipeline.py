@@ -31,7 +31,7 @@ from transformers.pipelines.base import ChunkPipeline
 
 from benchmarks.bench_score import hdfs_test_sessions, session_objects, untrained_model_dir
 from logbert.pipeline import END_SLOT, MASKED, NEXT, LogAnomalyPipeline
-from logbert.scoring import event_scores, session_scores
+from logbert.scoring import DEFAULT_MLM_PROBABILITY, event_scores, num_masking_replicas, session_scores
 
 
 class ChunkedLogAnomalyPipeline(ChunkPipeline):
@@ -51,7 +51,8 @@ class ChunkedLogAnomalyPipeline(ChunkPipeline):
         self.rows_of.input_kind = getattr(config, "input_kind", "events")
         self.rows_of.real_vocab_size = getattr(config, "tokenizer_vocab_size", None) or len(self.tokenizer)
         self.rows_of.max_events = config.max_position_embeddings - 2
-        self.rows_of.num_replicas = round(1 / (getattr(config, "mlm_probability", None) or 0.15))
+        self.rows_of.num_replicas = num_masking_replicas(getattr(config, "mlm_probability", None)
+                                                         or DEFAULT_MLM_PROBABILITY)
         self.rows_of.id_to_event = {index: token for token, index in self.tokenizer.get_vocab().items()}
         tokenizer = self.tokenizer
         self.never_predicted_ids = sorted({tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.mask_token_id,

@@ -244,10 +244,9 @@ def alert_line(record: dict) -> str:
     """One terminal line per flagged session: where it is, its score, and what gave it away (an event or its end)."""
     where = record.get("session_id") or f"{record['file']}:{record['record']}"
     line = f"ANOMALY {where}: score {record['anomaly_score']:.3f} > {record['threshold']:.3f}"
-    worst = most_surprising_event(record)
     if result_ends_early(record):
         line += f"; the session ends where it should not (end slot, p={math.exp(-record['end_nll']):.2g})"
-    elif worst is not None:
+    elif (worst := most_surprising_event(record)) is not None:
         what = "unseen in training" if worst.get("unseen") else (
             f"p={min(p for p in (worst.get('probability'), worst.get('next_probability')) if p is not None):.2g}")
         line += f"; event {worst['event']} at position {worst['position']} ({what})"

@@ -65,9 +65,8 @@ class EndSlotSampler(torch.utils.data.Sampler):
         and where the events it keeps start."""
         rng = np.random.default_rng([self.seed, self.epoch])
         end_slots = draw_end_slots(self.lengths - 2, self.probability, rng)
-        # Drawn only with a window, so that runs without one keep the cuts and order they always had.
-        starts = draw_window_starts(self.lengths - 2, end_slots, self.window, rng) if self.window \
-            else np.zeros(len(self.lengths), dtype=np.int64)
+        # Without a window nothing is drawn: runs without one keep the cuts and order they always had.
+        starts = draw_window_starts(self.lengths - 2, end_slots, self.window, rng)
         if self.strategy == "sequential":
             order = np.arange(len(self.lengths))
         elif self.strategy == "random":

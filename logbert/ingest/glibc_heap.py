@@ -24,9 +24,9 @@ def _keep_heap() -> ctypes.CDLL | None:
     """Raise glibc's mmap and trim thresholds so that freed large buffers stay in the heap. Returns libc, or None
     where that is not possible (not glibc, or an older glibc refusing an mmap threshold above 32 MB: then both are
     left alone rather than the threshold frozen low)."""
-    if platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return None
-    libc = ctypes.CDLL(None)
     if not libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30):
         return None
     libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
