@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import random
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from logbert.data import DataArguments, iter_file_records, load_corpus
 from logbert.prepare import PrepareError, SessionRule, Sessionizer, build_format_regex, prepare_main
 from logbert.prepare.output import SESSION_FILE_PATTERN
+from logbert.prepare.presets import PRESETS
 from logbert.prepare.reading import TimestampParser
 
 HDFS_FORMAT = "<Date> <Time> <Pid> <Level> <Component>: <Content>"
@@ -56,6 +59,36 @@ def test_log_format_reads_the_header_fields_and_content():
     assert regex.match("not a log line") is None
 
 
+def logparser_format_regex(log_format: str) -> re.Pattern:
+    """logparser's own construction (Drain/Drain.py, generate_logformat_regex): every field a lazy `.*?`."""
+    pieces = re.split(r"(<[^<>]+>)", log_format)
+    pattern = "".join(re.sub(" +", r"\\s+", piece) if k % 2 == 0 else f"(?P<{piece[1:-1]}>.*?)"
+                      for k, piece in enumerate(pieces))
+    return re.compile("^" + pattern + "$")
+
+
+@pytest.mark.parametrize("log_format", [
+    *(preset["log_format"] for preset in PRESETS.values()),
+    "<A> <B>: <Content>", r"\[<A> <B>\] <Content> <Tail>", "<A><B> <Content>", "<A>  <B>\\t<Content>",
+])
+def test_log_format_regex_matches_exactly_what_logparsers_lazy_regex_does(log_format):
+    ours, _ = build_format_regex(log_format)
+    reference = logparser_format_regex(log_format)
+    rng = random.Random(log_format)
+    alphabet = ["a", "b", "7", " ", "  ", "\t", ":", ": ", "[", "]", "-", "@", ",", ".", "x y"]
+    # Half the lines fill the format's own literal text with random fields (so most of them parse), half are noise.
+    literal_text = re.sub(r"\\(.)", r"\1", log_format.replace("(", "").replace(")?", ""))
+    for number in range(3000):
+        if number % 2:
+            line = re.sub(r"<[^<>]+>", lambda _: "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 4))),
+                          literal_text).strip()
+        else:
+            line = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30))).strip()
+        expected = reference.match(line)
+        got = ours.match(line)
+        assert (got and got.groupdict()) == (expected and expected.groupdict()), line
+
+
 def test_log_format_without_content_is_an_error():
     with pytest.raises(PrepareError, match="no <Content> field"):
         build_format_regex("<Date> <Time> <Message>")
@@ -72,6 +105,16 @@ def test_fast_timestamps_equal_strptime(fields, time_format, header):
     assert parser._fast is not None
     assert parser(header) == pytest.approx(parser._slow(" ".join(header[f] for f in fields)))
     assert parser({**header, fields[-1]: "garbage"}) is None
+
+
+def test_timestamps_of_one_second_keep_their_own_fractions():
+    parser = TimestampParser(["Date", "Time"], "%Y-%m-%d %H:%M:%S,%f")
+    times = ["18:01:47,978", "18:01:47,5", "18:01:47,000001", "18:01:48,25"]
+    values = [parser({"Date": "2015-10-18", "Time": time}) for time in times]
+    assert values == [pytest.approx(parser._slow("2015-10-18 " + time), abs=1e-6) for time in times]
+    assert values[1] - values[0] == pytest.approx(-0.478)
+    for bad in ("18:01:47", "18:01:47,", "18:01:47,1234567", "18:01:47,12a"):
+        assert parser({"Date": "2015-10-18", "Time": bad}) is None, bad
 
 
 # ---- sessions ---------------------------------------------------------------------------------------------------
