@@ -91,19 +91,23 @@ def prepare_logs(settings: PrepareSettings) -> dict:
                 spool.add(session, label)
 
         lines = iter_parsed_lines(settings.inputs, regex, stats)
+        add_to_sessions, timestamp = sessionizer.add, None
         for line, header in tqdm(lines, desc="prepare", unit=" lines", disable=not settings.progress,
                                  mininterval=1.0):
             # TemplateMiner.add_log_message is mask + Drain.add_log_message + a result dict holding the template
             # text (a join per line, unused here): calling the two parts directly saves that.
             cluster_id = drain.add_log_message(masker.mask(header[CONTENT_FIELD]))[0].cluster_id
-            timestamp = timestamp_of(header) if timestamp_of is not None else None
-            if timestamp_of is not None and timestamp is None:
-                stats.no_timestamp += 1
+            if timestamp_of is not None:
+                timestamp = timestamp_of(header)
+                if timestamp is None:
+                    stats.no_timestamp += 1
             if structured is not None:
                 structured.add(stats.lines, header, cluster_id)
             event = (cluster_id, header[label_field].strip() not in NORMAL_LINE_LABELS) if label_field \
                 else cluster_id
-            emit(sessionizer.add(line, header, timestamp, event))
+            closed = add_to_sessions(line, header, timestamp, event)
+            if closed:
+                emit(closed)
         emit(sessionizer.close_all())
 
         if stats.parsed and not sessionizer.matched_any_line:
