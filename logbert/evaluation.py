@@ -60,11 +60,15 @@ def score_stream(detector, sessions: Iterable[tuple[str, int, Any, int]], chunk_
         try:
             results = detector.score([session for _, _, session, _ in items], **score_kwargs)
         except ValueError as error:
+            index = getattr(error, "index", None)  # the session the pipeline refused, in this chunk
             if rejected is None:
-                raise
+                if index is None:
+                    raise
+                path, number = items[index][:2]
+                raise SessionError(error.reason, f"{path}: record {number}") from None
             if len(items) == 1:  # the one the model refuses: quarantined with the model's reason
                 path, number, session, _ = items[0]
-                rejected.append(Rejection(path, number, str(error), session))
+                rejected.append(Rejection(path, number, getattr(error, "reason", str(error)), session))
                 return
             for item in items:  # find it, and score the rest
                 yield from score([item])

@@ -271,6 +271,7 @@ def test_a_mistyped_flag_of_a_subcommand_is_one_line(capsys):
     ({"event_sequence": 5}, "event_sequence"),
     ({"token_ids": "101 5 102"}, "token_ids"),
     ({"event_sequence": [5, [22]]}, "event ID"),
+    ({"token_ids": [101, 5, 102]}, "trained on event IDs"),  # refused by the pipeline, not by the file reader
 ])
 def test_scoring_rejects_what_training_rejects_and_never_loses_earlier_results(trained_model_dir, tmp_path, capsys,
                                                                                bad_record, reason):

@@ -108,8 +108,8 @@ def test_long_sessions_are_scored_in_windows_covering_every_event(detector):
 def test_an_empty_session_is_a_clear_error(detector):
     with pytest.raises(ValueError, match="empty session"):
         detector("")
-    with pytest.raises(ValueError, match="empty session"):
-        detector([[], NORMAL])
+    with pytest.raises(ValueError, match=r"^sessions\[1\]: empty session"):  # its place in the input
+        detector([NORMAL, []])
     assert detector([]) == []  # no sessions, no results
     with pytest.raises(ValueError, match="empty session"):
         detector({"session_id": "s1", "event_sequence": []})
@@ -368,5 +368,28 @@ def test_events_carry_their_template_text_when_the_model_has_a_parser_state(trai
 
 def test_a_keyword_the_pipeline_does_not_use_is_warned_about_not_dropped(detector, caplog):
     with caplog.at_level("WARNING", logger="logbert.pipeline"):
-        detector(NORMAL, return_events=False, num_workers=4, treshold=2.0)
-    assert any("does not use num_workers, treshold" in r.getMessage() for r in caplog.records)
+        detector(NORMAL, return_events=False, treshold=2.0, top_k=4)
+    assert any("does not use top_k, treshold" in r.getMessage() for r in caplog.records)
+
+
+def test_num_workers_preprocess_in_worker_processes_and_change_no_result(detector, monkeypatch):
+    sessions = [NORMAL, "22 5 5", {"session_id": "s3", "event_sequence": ["5", "22", "11"]}, "26 26 21"] * 3
+    detector._cache.clear()
+    expected = detector(sessions)
+    here = os.getpid()
+    preprocessed_in = []
+    original = LogAnomalyPipeline.preprocess
+    monkeypatch.setattr(LogAnomalyPipeline, "preprocess",
+                        lambda self, session: preprocessed_in.append(os.getpid()) or original(self, session))
+    for inputs in (sessions, (s for s in sessions)):  # a list (indexable: 2 workers) and a generator (1 worker)
+        detector._cache.clear()
+        results = detector(inputs, num_workers=2)
+        results = list(results)
+        assert [r.get("session_id") for r in results] == [r.get("session_id") for r in expected]
+        assert [r["anomaly_score"] for r in results] == [r["anomaly_score"] for r in expected]
+        assert [e["probability"] for e in results[0]["events"]] == [e["probability"] for e in expected[0]["events"]]
+    assert preprocessed_in == []  # every session was preprocessed in a worker (the patch counts in this process)
+    detector(sessions[:2], num_workers=0)
+    assert preprocessed_in == [here, here]  # ... as it does without workers
+    with pytest.raises(ValueError, match=r"^sessions\[1\]: empty session: expected at least one event$"):
+        detector([NORMAL, {"session_id": "s9", "event_sequence": []}], num_workers=1)
