@@ -15,6 +15,18 @@ worst case for the bounded windows; "hdfs-real" is the HDFS DeepLog test files t
 identical ones scored once in both modes), where bounded contexts repeat across sessions.
 
     PYTHONPATH=. python benchmarks/bench_score.py --lengths hdfs-real --size 4x256 --modes linear   # LogBERT's size
+
+`--modes linear logbert-original` times, beside ours, the scoring loop of the original LogBERT code
+(HelenGuohx/logbert, bert_pytorch/predict_log.py, `Predictor.helper`) on the same model and sessions: sessions
+sorted by length, 32 a batch padded to the longest, 65% of the events masked at random (its HDFS mask_ratio), the
+full-vocabulary log-softmax at every position, then per session and masked event whether the true event is among
+the top `num_candidates` of a full argsort. Every session is scored (no deduplication); its data loader is left
+out, which favours it. With `--vocab-size 136` the untrained model has HDFS's handful of events as the original
+does (the token-id convention puts event k at id 104 + k). A mode named `linear-verdict` (or `exhaustive-verdict`)
+scores with `masked_scores=False`: the left-to-right rows and the end slot only, all the default score needs.
+
+    PYTHONPATH=. python benchmarks/bench_score.py --lengths hdfs-real --size 4x256 --vocab-size 136 \
+        --modes linear linear-verdict logbert-original --repeats 1
 """
 
 from __future__ import annotations
@@ -46,13 +58,15 @@ from logbert.tokenizer import build_token_id_tokenizer
 HDFS_TEST_FILES = ("derived_normal_sample_7000", "hdfs_test_abnormal")
 
 
-def untrained_model_dir(config: str | None, size: str | None, directory: str) -> str:
+def untrained_model_dir(config: str | None, size: str | None, directory: str, vocab_size: int | None = None) -> str:
     """A model folder as training writes it, with freshly initialised weights."""
     size_flags = []
     if size:
         layers, hidden = (int(part) for part in size.lower().split("x"))
         size_flags = ["--num_hidden_layers", str(layers), "--hidden_size", str(hidden),
                       "--num_attention_heads", "4"]
+    if vocab_size:
+        size_flags += ["--vocab_size", str(vocab_size)]
     model_args = parse_args([*(["--config", config] if config else []), *size_flags, "--output_dir", directory]).model
     tokenizer = build_token_id_tokenizer(model_args.vocab_size)
     torch.manual_seed(0)
@@ -113,6 +127,47 @@ def time_scoring(detector, sessions: list[dict], **kwargs) -> float:
     return time.perf_counter() - started
 
 
+ORIGINAL_MODE = "logbert-original"
+VERDICT_SUFFIX = "-verdict"  # e.g. linear-verdict: the pipeline with masked_scores=False
+
+
+def pipeline_settings(mode: str) -> dict:
+    if mode.endswith(VERDICT_SUFFIX):
+        return {"scoring_mode": mode[: -len(VERDICT_SUFFIX)], "masked_scores": False}
+    return {"scoring_mode": mode}
+
+
+def time_original_logbert(model, tokenizer, sessions: list[dict], num_candidates: int, batch_size: int = 32,
+                          mask_ratio: float = 0.65, seed: int = 0) -> float:
+    """Seconds for the original LogBERT's test loop on `sessions` (see the module docstring)."""
+    generator = torch.Generator().manual_seed(seed)
+    rows = sorted((s["token_ids"][: sum(s["attention_mask"])] for s in sessions), key=len, reverse=True)
+    device = model.device
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for begin in range(0, len(rows), batch_size):
+            batch = rows[begin: begin + batch_size]
+            input_ids = torch.full((len(batch), len(batch[0])), tokenizer.pad_token_id, dtype=torch.long)
+            for row, tokens in enumerate(batch):
+                input_ids[row, : len(tokens)] = torch.tensor(tokens)
+            events = (input_ids != tokenizer.pad_token_id) & (input_ids != tokenizer.cls_token_id) & (
+                input_ids != tokenizer.sep_token_id)
+            masked = events & (torch.rand(input_ids.shape, generator=generator) < mask_ratio)
+            labels = torch.where(masked, input_ids, torch.zeros_like(input_ids))
+            input_ids = input_ids.masked_fill(masked, tokenizer.mask_token_id).to(device)
+            output = torch.log_softmax(model(input_ids=input_ids, attention_mask=(input_ids != 0).long()).logits, -1)
+            labels = labels.to(device)
+            for i in range(len(batch)):
+                index = labels[i] > 0
+                predicted, truth = output[i][index], labels[i][index]
+                undetected = sum(int(token not in torch.argsort(-predicted[j])[:num_candidates])
+                                 for j, token in enumerate(truth))
+                del undetected  # the original compares it with the masked count; the time is what matters here
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="A trained LogBERT folder (default: an untrained one).")
@@ -124,7 +179,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         default=["hdfs", "hdfs-real", "heavy"],
                         help="Drawn session lengths: HDFS's (mean ~20 events) and reference-like (mean ~150, max 510), "
                              "or the HDFS DeepLog test files themselves (hdfs-real, from ../shared/data).")
-    parser.add_argument("--modes", nargs="+", default=["linear", "exhaustive"], help="Scoring modes compared.")
+    parser.add_argument("--modes", nargs="+", default=["linear", "exhaustive"],
+                        help=f"Scoring modes compared; {ORIGINAL_MODE} is the original LogBERT's test loop.")
+    parser.add_argument("--vocab-size", type=int, default=None, help="Vocabulary of the untrained model.")
     parser.add_argument("--num-sessions", type=int, default=None,
                         help="Sessions timed per length profile (default: 400 at HDFS lengths, 24 at heavy ones, all "
                              "23,838 for hdfs-real).")
@@ -143,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     transformers.utils.logging.set_verbosity_error()
     temporary = tempfile.TemporaryDirectory(prefix="logbert-bench-score-")
-    model_dir = args.model or untrained_model_dir(args.config, args.size, temporary.name)
+    model_dir = args.model or untrained_model_dir(args.config, args.size, temporary.name, args.vocab_size)
     detector = pipeline("log-anomaly", model=model_dir, pipeline_class=LogAnomalyPipeline, device=args.device,
                         dtype=getattr(torch, args.dtype))
     profiles = [args.data_dir] if args.data_dir else args.lengths
@@ -156,13 +213,22 @@ def main(argv: list[str] | None = None) -> int:
         timed = sessions if count is None else sessions[args.warmup_sessions:]
         events = sum(sum(s["attention_mask"]) - 2 for s in timed)
         seconds = dict.fromkeys(args.modes, float("inf"))
+        num_candidates = getattr(detector.model.config, "num_candidates", None) or 5
         for mode in args.modes:
-            detector(warmup, return_events=False, batch_tokens=args.batch_tokens, scoring_mode=mode)
+            if mode == ORIGINAL_MODE:
+                time_original_logbert(detector.model, detector.tokenizer, warmup, num_candidates)
+            else:
+                detector(warmup, return_events=False, batch_tokens=args.batch_tokens, **pipeline_settings(mode))
         for _ in range(args.repeats):  # modes alternate, the best pass of each is kept: the load hits both alike
             for mode in args.modes:
                 detector._cache.clear()  # every timed session is scored, none answered from the cache
-                seconds[mode] = min(seconds[mode], time_scoring(detector, timed, return_events=args.return_events,
-                                                                batch_tokens=args.batch_tokens, scoring_mode=mode))
+                if mode == ORIGINAL_MODE:
+                    elapsed = time_original_logbert(detector.model, detector.tokenizer, timed, num_candidates,
+                                                    seed=args.seed)
+                else:
+                    elapsed = time_scoring(detector, timed, return_events=args.return_events,
+                                           batch_tokens=args.batch_tokens, **pipeline_settings(mode))
+                seconds[mode] = min(seconds[mode], elapsed)
         results[profile] = {
             "sessions": len(timed),
             "distinct_sessions": len({tuple(s["token_ids"]) for s in timed}),

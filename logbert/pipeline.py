@@ -20,9 +20,10 @@ from transformers.pipelines import PIPELINE_REGISTRY
 from .model_files import (KNOWN_COUNT_VECTORS_FILE, PARSER_STATE_FILE, load_known_count_vectors,  # noqa: F401
                           load_templates, write_known_count_vectors)
 from .session import FRAME_TOKEN_IDS, SessionError, is_single_session, is_stream, normalize_session
-from .scoring import (DEFAULT_MLM_PROBABILITY, DEFAULT_NEXT_EVENT_WINDOW, DEFAULT_SCORING_MODE, SCORE_NAMES,
-                      SCORING_MODES, NonFiniteScoreError, count_vector_key, event_scores, masking_groups,
-                      next_event_context, num_masking_replicas, session_scores, window_spans)
+from .scoring import (DEFAULT_MLM_PROBABILITY, DEFAULT_NEXT_EVENT_WINDOW, DEFAULT_SCORING_MODE,
+                      LEFT_TO_RIGHT_SCORES, SCORE_NAMES, SCORING_MODES, NonFiniteScoreError, count_vector_key,
+                      event_scores, masking_groups, next_event_context, num_masking_replicas, session_scores,
+                      window_spans)
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,13 @@ class LogAnomalyPipeline(Pipeline):
     sessions are scored once (a bounded LRU cache across calls). Keyword arguments (at construction or per call):
     `threshold`, `num_candidates`, `score_name`, `top_n` (candidates listed per event), `return_events`,
     `batch_tokens` (padded tokens per forward pass, bounding memory), `batch_size` (rows per forward pass, at
-    most), `known_normal_gate`, `scoring_mode`, `next_event_window`, and `num_workers` (processes that preprocess
-    a list or stream of sessions while this one scores, as in transformers pipelines).
+    most), `known_normal_gate`, `scoring_mode`, `next_event_window`, `masked_scores`, and `num_workers` (processes
+    that preprocess a list or stream of sessions while this one scores, as in transformers pipelines).
+
+    `masked_scores=False` skips the masked (both-sides) rows, about two thirds of the work on HDFS: only the
+    left-to-right scores and the ending are computed, which is all that `next_max_nll` (the default score) and
+    `end_nll` need. The verdict is the same; the fields that come from the masked rows (`miss_ratio`, `mean_nll`,
+    `max_nll`, `num_misses`, and per event `probability`, `rank`, `is_miss`, `top_candidates`) are None.
 
     Known-normal gate: when the model folder holds `known_count_vectors.npy` (training writes it), a session whose
     event multiset occurs in the training data gets `anomaly_score` 0: training declared exactly that mix of events
@@ -110,13 +116,13 @@ class LogAnomalyPipeline(Pipeline):
 
     def _sanitize_parameters(self, threshold=None, num_candidates=None, score_name=None, top_n=None,
                              return_events=None, batch_tokens=None, known_normal_gate=None, scoring_mode=None,
-                             next_event_window=None, batch_size=None, **kwargs):
+                             next_event_window=None, batch_size=None, masked_scores=None, **kwargs):
         postprocess = {}
         for name, value in (("threshold", threshold), ("num_candidates", num_candidates),
                             ("score_name", score_name), ("top_n", top_n), ("return_events", return_events),
                             ("batch_tokens", batch_tokens), ("known_normal_gate", known_normal_gate),
                             ("scoring_mode", scoring_mode), ("next_event_window", next_event_window),
-                            ("batch_size", batch_size)):
+                            ("batch_size", batch_size), ("masked_scores", masked_scores)):
             if value is not None:
                 postprocess[name] = value
         unused = sorted(name for name, value in kwargs.items() if value is not None)
@@ -286,23 +292,17 @@ class LogAnomalyPipeline(Pipeline):
         except SessionError as error:
             return {"error": error.reason, "where": error.where}
 
-    def score(self, sessions: list, threshold: float | None = None, num_candidates: int | None = None,
-              score_name: str | None = None, top_n: int = 3, return_events: bool = True,
-              batch_tokens: int = 65536, known_normal_gate: bool | None = None, scoring_mode: str | None = None,
-              next_event_window: int | None = None, batch_size: int | None = None) -> list[dict]:
-        """Results of `sessions` (a list), in order; the keywords as in the class docstring (None: the model's)."""
+    def score(self, sessions: list, **settings) -> list[dict]:
+        """Results of `sessions` (a list), in order; `settings` are the keywords of the class docstring."""
         prepared = [self._preprocess_numbered(session, index) for index, session in enumerate(sessions)]
-        return self._score_preprocessed(prepared, threshold=threshold,
-                                        num_candidates=num_candidates, score_name=score_name, top_n=top_n,
-                                        return_events=return_events, batch_tokens=batch_tokens,
-                                        known_normal_gate=known_normal_gate, scoring_mode=scoring_mode,
-                                        next_event_window=next_event_window, batch_size=batch_size)
+        return self._score_preprocessed(prepared, **settings)
 
     def _score_preprocessed(self, prepared: list[dict], threshold: float | None = None,
                             num_candidates: int | None = None, score_name: str | None = None, top_n: int = 3,
                             return_events: bool = True, batch_tokens: int = 65536,
                             known_normal_gate: bool | None = None, scoring_mode: str | None = None,
-                            next_event_window: int | None = None, batch_size: int | None = None) -> list[dict]:
+                            next_event_window: int | None = None, batch_size: int | None = None,
+                            masked_scores: bool = True) -> list[dict]:
         config = self.model.config
         batch_size = batch_size or getattr(self, "_batch_size", None)
         threshold = getattr(config, "anomaly_threshold", None) if threshold is None else threshold
@@ -315,6 +315,9 @@ class LogAnomalyPipeline(Pipeline):
         score_name = score_name or getattr(config, "score_name", None) or DEFAULT_SCORE_NAME
         if score_name not in SCORE_NAMES:
             raise ValueError(f"score_name {score_name!r} is not one of {', '.join(SCORE_NAMES)}")
+        if not masked_scores and score_name not in LEFT_TO_RIGHT_SCORES:
+            raise ValueError(f"score_name {score_name!r} needs the masked scores: with masked_scores=False only "
+                             f"{' and '.join(LEFT_TO_RIGHT_SCORES)} are computed")
         scoring_mode = scoring_mode or getattr(config, "scoring_mode", None) or DEFAULT_SCORING_MODE
         if scoring_mode not in SCORING_MODES:
             raise ValueError(f"scoring_mode {scoring_mode!r} is not one of {', '.join(SCORING_MODES)}")
@@ -328,7 +331,8 @@ class LogAnomalyPipeline(Pipeline):
                              f"its max_position_embeddings): raise it to at least {longest_row}")
         known = self.known_count_vectors if known_normal_gate in (None, True) else None
 
-        mode_key = (top_n, scoring_mode, next_event_window if scoring_mode != "exhaustive" else None)
+        mode_key = (top_n, scoring_mode, next_event_window if scoring_mode != "exhaustive" else None,
+                    bool(masked_scores))
         per_session: dict[tuple, dict] = {}  # this call's results: the LRU cache may evict before they are read
         for item in prepared:
             key = tuple(item["input_ids"])
@@ -340,7 +344,7 @@ class LogAnomalyPipeline(Pipeline):
         if not self._cache:
             self._cached_events = 0
         for key, per_event in zip(pending, self._score_unique(pending, top_n, batch_tokens, scoring_mode,
-                                                              next_event_window, batch_size)):
+                                                              next_event_window, batch_size, masked_scores)):
             per_session[key] = per_event
             self._cache[(key, mode_key)] = per_event
             self._cached_events += len(key)
@@ -355,6 +359,8 @@ class LogAnomalyPipeline(Pipeline):
             unseen = np.asarray(item["input_ids"]) == self.tokenizer.unk_token_id
             scores = session_scores(per_event["nll"], per_event["rank"], unseen, num_candidates,
                                     float(per_event["end_nll"]), per_event["next_nll"])
+            if not masked_scores:  # never computed: None, not the zeros the arrays were filled with
+                scores.update(dict.fromkeys(MASKED_ROW_SCORES))
             # A session with an [UNK] is never known: two different unseen events both read as [UNK].
             known_normal = known is not None and not unseen.any() and count_vector_key(item["input_ids"]) in known
             anomaly_score = 0.0 if known_normal else scores[score_name]
@@ -372,29 +378,31 @@ class LogAnomalyPipeline(Pipeline):
             if item["session_id"] is not None:
                 result = {"session_id": item["session_id"], **result}
             if return_events:
-                result["events"] = self._event_details(item, per_event, unseen, num_candidates)
+                result["events"] = self._event_details(item, per_event, unseen, num_candidates, masked_scores)
             results.append(result)
         return results
 
-    def _event_details(self, item: dict, per_event: dict, unseen: np.ndarray, num_candidates: int) -> list[dict]:
+    def _event_details(self, item: dict, per_event: dict, unseen: np.ndarray, num_candidates: int,
+                       masked_scores: bool = True) -> list[dict]:
         own_names = item.get("event_names")
+        masked = masked_scores  # False: the masked rows were skipped, their fields are None
         return [
             {
                 "position": position,
                 "event": item["events"][position],
                 **({"event_name": own_names[position]} if own_names else {}),
                 **({"template": self.templates.get(item["events"][position])} if self.templates else {}),
-                "probability": float(per_event["probability"][position]),
-                "rank": int(per_event["rank"][position]),
+                "probability": float(per_event["probability"][position]) if masked else None,
+                "rank": int(per_event["rank"][position]) if masked else None,
                 # P(event | the events before it): None for the first event, which has no context.
                 "next_probability": float(per_event["next_probability"][position]) if position else None,
-                "is_miss": bool(per_event["rank"][position] > num_candidates or unseen[position]),
+                "is_miss": bool(per_event["rank"][position] > num_candidates or unseen[position]) if masked else None,
                 "unseen": bool(unseen[position]),
                 "top_candidates": [
                     {"event": self.id_to_event.get(int(i), str(int(i))), "probability": float(p),
                      **({"template": self.templates.get(self.id_to_event.get(int(i)))} if self.templates else {})}
                     for i, p in zip(per_event["top_ids"][position], per_event["top_probs"][position])
-                ],
+                ] if masked else None,
             }
             for position in range(len(item["input_ids"]))
         ]
@@ -404,7 +412,8 @@ class LogAnomalyPipeline(Pipeline):
         multiple = 8 if self.device.type == "cuda" else 1
         return -(-length // multiple) * multiple
 
-    def _build_rows(self, keys: list[tuple], scoring_mode: str, next_event_window: int) -> tuple[list, list]:
+    def _build_rows(self, keys: list[tuple], scoring_mode: str, next_event_window: int,
+                    masked: bool = True) -> tuple[list, list]:
         """Model rows: (tokens with the targets in place, masked positions, kind, session, events, offset).
 
         MASKED rows: a window of the session between [CLS] and [SEP], with a group of its events masked
@@ -412,6 +421,7 @@ class LogAnomalyPipeline(Pipeline):
         events before event i (at most `next_event_window` of them, or the model's length in exhaustive mode) and
         the end slot, whose answer is event i, at the positions they have in the session (`offset`: the position
         ids of the events start at offset + 1). The END_SLOT row: the last window with its [SEP] masked.
+        `masked=False` builds no MASKED rows.
         A NEXT row identical to one already built (sessions share bounded contexts far more often than whole
         sessions) is not built again: it is returned in `copies` as ((session, event) scored, (session, event)
         that takes the same result).
@@ -427,7 +437,7 @@ class LogAnomalyPipeline(Pipeline):
             for window in window_spans(len(events), self.max_events):
                 # one array per window, shared by the rows that mask its events
                 window_tokens = np.concatenate(([cls_id], events[window.start: window.end], [sep_id]))
-                for group in masking_groups(window.score_start, window.score_end, replicas):
+                for group in masking_groups(window.score_start, window.score_end, replicas) if masked else ():
                     rows.append((window_tokens, group - window.start + 1, MASKED, session_index, group, 0))
             for event_index in range(1, len(events)):
                 start, end = next_event_context(event_index, context)
@@ -446,14 +456,15 @@ class LogAnomalyPipeline(Pipeline):
         return rows, copies
 
     def _score_unique(self, keys: list[tuple], top_n: int, batch_tokens: int, scoring_mode: str = DEFAULT_SCORING_MODE,
-                      next_event_window: int = DEFAULT_NEXT_EVENT_WINDOW, batch_size: int | None = None) -> list[dict]:
+                      next_event_window: int = DEFAULT_NEXT_EVENT_WINDOW, batch_size: int | None = None,
+                      masked: bool = True) -> list[dict]:
         """Per-event results of each distinct session, batched across sessions (see `_build_rows`).
 
         Rows are sorted by length and cut into batches whose padded size (rows x longest row) never exceeds
         `batch_tokens`, and of at most `batch_size` rows when one is given.
         """
         tokenizer = self.tokenizer
-        rows, copies = self._build_rows(keys, scoring_mode, next_event_window)
+        rows, copies = self._build_rows(keys, scoring_mode, next_event_window, masked)
         rows.sort(key=lambda row: len(row[0]))  # similar lengths together: little padding
         padded = np.array([self._padded_length(len(row[0])) for row in rows], dtype=np.int64)
 
@@ -519,6 +530,10 @@ class LogAnomalyPipeline(Pipeline):
         return [{**{name: values[offsets[s]: offsets[s + 1]].copy() for name, values in flat.items()},
                  "end_nll": float(end_nll[s]), "end_probability": float(end_probability[s])}
                 for s in range(len(keys))]
+
+
+# Session scores that come from the masked (both-sides) rows; None when `masked_scores=False` skipped them.
+MASKED_ROW_SCORES = ("miss_ratio", "mean_nll", "max_nll", "num_misses", "combined")
 
 
 def _batch_end(padded: np.ndarray, start: int, batch_tokens: int, batch_size: int | None = None) -> int:

@@ -17,6 +17,8 @@ import torch
 SCORE_NAMES = ("next_max_nll", "combined", "miss_ratio", "mean_nll", "max_nll", "end_nll")
 # Scores that read the end slot (trained by `end_of_session_probability` > 0); meaningless without it.
 END_SLOT_SCORES = ("next_max_nll", "combined", "end_nll")
+# Scores read from the left-to-right rows and the end slot alone: the pipeline's masked_scores=False computes these.
+LEFT_TO_RIGHT_SCORES = ("next_max_nll", "end_nll")
 # Floor of an event's probability when turning it into a negative log-likelihood, so one impossible event
 # does not make the score infinite and swamp the ranking of every other session.
 MIN_PROBABILITY = 1e-12

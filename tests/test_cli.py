@@ -31,6 +31,20 @@ def test_score_writes_one_line_per_session(trained_model_dir, tmp_path):
     assert all({"anomaly_score", "is_anomaly", "threshold"} <= set(row) for row in rows)
 
 
+def test_score_without_masked_scores_gives_the_same_verdicts(trained_model_dir, tmp_path, capsys):
+    outputs = {}
+    for flags in ([], ["--no_masked_scores"]):
+        output = tmp_path / f"scores{len(flags)}.jsonl"
+        assert score_main(["--model", str(trained_model_dir), "--input", str(ABNORMAL_FILE), "--output",
+                           str(output), "--threshold", "3.0", *flags]) == 0
+        outputs[bool(flags)] = [json.loads(line) for line in output.read_text().splitlines()]
+    full, fast = outputs[False], outputs[True]
+    assert [r["is_anomaly"] for r in fast] == [r["is_anomaly"] for r in full] and any(r["is_anomaly"] for r in fast)
+    assert [r["anomaly_score"] for r in fast] == pytest.approx([r["anomaly_score"] for r in full], abs=1e-5)
+    assert all(r["mean_nll"] is None and r["events"][1]["probability"] is None for r in fast)
+    assert "ANOMALY" in capsys.readouterr().out  # the alert lines still say what gave each session away
+
+
 def test_score_reports_a_malformed_line_with_file_and_line(trained_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"event_sequence": [5, 22]}) + "\n{not json\n")

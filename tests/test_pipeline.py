@@ -286,6 +286,33 @@ def test_batch_size_and_batch_tokens_change_no_score_and_bound_every_forward(det
         detector(NORMAL, batch_tokens=64)
 
 
+@pytest.mark.parametrize("mode", ["linear", "exhaustive"])
+def test_without_masked_scores_the_verdict_is_the_same_from_fewer_rows(detector, monkeypatch, mode):
+    sessions = [NORMAL, "22 5 5", LONG, "5", "22 5 5 5 26 26 11 9 26"]
+    rows = []
+    original = detector._forward
+    monkeypatch.setattr(detector, "_forward", lambda inputs, **kw: rows.append(len(inputs["input_ids"]))
+                        or original(inputs, **kw))
+    detector._cache.clear()
+    full = detector(sessions, scoring_mode=mode, threshold=5.0)
+    full_rows, rows[:] = sum(rows), []
+    fast = detector(sessions, scoring_mode=mode, threshold=5.0, masked_scores=False)
+    masked_rows = sum(min(len(s.split() if isinstance(s, str) else s), detector.num_replicas if mode == "linear"
+                          else 10**6) for s in sessions)
+    assert sum(rows) == full_rows - masked_rows  # every masked row, and only those, left out
+    for a, b in zip(full, fast):
+        for name in ("anomaly_score", "next_max_nll", "end_nll"):
+            assert b[name] == pytest.approx(a[name], abs=1e-5)
+        assert (b["is_anomaly"], b["num_unseen"]) == (a["is_anomaly"], a["num_unseen"])
+        assert [e["next_probability"] for e in b["events"]] == pytest.approx(
+            [e["next_probability"] for e in a["events"]], abs=1e-5)
+        assert all(b[name] is None for name in ("miss_ratio", "mean_nll", "max_nll", "num_misses"))
+        assert all(e["probability"] is None and e["top_candidates"] is None for e in b["events"])
+        json.dumps(b, allow_nan=False)  # what logbert score writes
+    with pytest.raises(ValueError, match="'mean_nll' needs the masked scores"):
+        detector(NORMAL, masked_scores=False, score_name="mean_nll")
+
+
 def test_a_generator_of_sessions_is_scored_not_used_up(detector):
     as_list = detector([NORMAL, "22 5 5"], return_events=False)
     streamed = detector((s for s in [NORMAL, "22 5 5"]), return_events=False)
