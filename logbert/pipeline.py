@@ -34,6 +34,8 @@ TOKEN_IDS_KIND = "token_ids"
 # What a model row scores: an event with the whole session around it, an event from the events before it only
 # (in the end slot), or the end slot after the whole session ([SEP]).
 MASKED, NEXT, END_SLOT = 0, 1, 2
+# Session scores that come from the masked (both-sides) rows; None when `masked_scores=False` skipped them.
+MASKED_ROW_SCORES = ("miss_ratio", "mean_nll", "max_nll", "num_misses", "combined")
 # Logit entries (positions x vocabulary) reduced at once on the device: bounds the head's memory for any batch.
 LOGIT_ELEMENTS_PER_CHUNK = 1 << 24
 
@@ -383,9 +385,9 @@ class LogAnomalyPipeline(Pipeline):
         return results
 
     def _event_details(self, item: dict, per_event: dict, unseen: np.ndarray, num_candidates: int,
-                       masked_scores: bool = True) -> list[dict]:
+                       masked: bool = True) -> list[dict]:
+        """Per-event results; without `masked` rows (masked_scores=False) their fields are None."""
         own_names = item.get("event_names")
-        masked = masked_scores  # False: the masked rows were skipped, their fields are None
         return [
             {
                 "position": position,
@@ -530,10 +532,6 @@ class LogAnomalyPipeline(Pipeline):
         return [{**{name: values[offsets[s]: offsets[s + 1]].copy() for name, values in flat.items()},
                  "end_nll": float(end_nll[s]), "end_probability": float(end_probability[s])}
                 for s in range(len(keys))]
-
-
-# Session scores that come from the masked (both-sides) rows; None when `masked_scores=False` skipped them.
-MASKED_ROW_SCORES = ("miss_ratio", "mean_nll", "max_nll", "num_misses", "combined")
 
 
 def _batch_end(padded: np.ndarray, start: int, batch_tokens: int, batch_size: int | None = None) -> int:

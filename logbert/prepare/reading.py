@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 import re
 import sys
-from dataclasses import dataclass, field
-from operator import itemgetter
-from datetime import date, datetime, timezone
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from operator import itemgetter
 from typing import IO
 
 CONTENT_FIELD = "Content"
