@@ -5,17 +5,22 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from logbert.data import DataArguments, iter_file_records, load_corpus
 from logbert.prepare import PrepareError, SessionRule, Sessionizer, build_format_regex, prepare_main
+from logbert.prepare.mining import MINING_BATCH_LINES, BackgroundMiner
 from logbert.prepare.output import SESSION_FILE_PATTERN
 from logbert.prepare.presets import PRESETS
 from logbert.prepare.reading import TimestampParser
+from logbert.prepare.templates import DrainSettings
 
 HDFS_FORMAT = "<Date> <Time> <Pid> <Level> <Component>: <Content>"
 HDFS_LINES = [
@@ -265,6 +270,48 @@ def test_help_is_readable_and_abbreviations_are_refused(capsys):
 
 
 @pytest.mark.skipif(LOGHUB is None, reason="the shared Loghub samples are not on this machine")
+def test_mining_in_a_second_process_writes_exactly_what_inline_mining_writes(tmp_path):
+    # Over two mining batches of lines, with block ids, hosts and times varied so that templates generalise.
+    lines = [line.replace("blk_", f"blk_{n}").replace("10.250", f"10.{n % 256}").replace(" 2035", f" 20{n % 60:02d}")
+             for n in range(2 * MINING_BATCH_LINES // len(HDFS_LINES) + 7) for line in HDFS_LINES]
+    log = write_log(tmp_path / "hdfs.log", lines)
+    written = {}
+    for choice in ("no", "yes"):
+        out = tmp_path / choice
+        structured = tmp_path / f"{choice}_structured.csv"
+        assert prepare_main(["--preset", "hdfs", "--input", str(log), "--output_dir", str(out), "--no_progress",
+                             "--structured_csv", str(structured), "--mine_in_background", choice]) == 0
+        written[choice] = {path.name: path.read_bytes() for path in out.iterdir() if path.is_file()}
+        written[choice]["structured"] = structured.read_bytes()
+    assert len(lines) > 2 * MINING_BATCH_LINES
+    assert written["yes"] == written["no"]
+    assert sum(name.startswith("preprocessed_logs") for name in written["yes"]) >= 2  # two days of sessions
+
+
+def test_background_mining_from_a_script_without_a_main_guard(tmp_path):
+    # multiprocessing's "spawn" would run such a script again in the child; the miner's own child does not.
+    log = write_log(tmp_path / "hdfs.log", HDFS_LINES)
+    script = tmp_path / "prepare_it.py"
+    script.write_text("from logbert.prepare import prepare_main\n"
+                      f"print('RUN', prepare_main(['--preset', 'hdfs', '--input', {str(log)!r}, '--output_dir', "
+                      f"{str(tmp_path / 'out')!r}, '--no_progress', '--mine_in_background', 'yes']))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("RUN") == 1 and "RUN 0" in done.stdout
+    assert (tmp_path / "out" / "templates.csv").is_file()
+
+
+def test_a_mining_process_that_dies_is_a_one_line_error():
+    miner = BackgroundMiner(DrainSettings())
+    miner._process.kill()
+    miner._process.wait()
+    with pytest.raises(PrepareError, match="Drain3 mining process stopped"):
+        miner.submit(["a line"])
+        miner.receive()
+    miner.close()
+
+
 def test_hdfs_2k_grouping_accuracy_with_the_preset(tmp_path):
     from benchmarks.bench_prepare import event_column, grouping_accuracy
 

@@ -57,6 +57,9 @@ def build_prepare_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_SIM_TH}).")
     mining.add_argument("--max_children", type=int, default=100, help="Drain's max children per tree node.")
     mining.add_argument("--extra_delimiters", nargs="*", default=[], help="Split tokens at these too.")
+    mining.add_argument("--mine_in_background", choices=["auto", "yes", "no"], default="auto",
+                        help="Run Drain3 in a second process beside the rest (same output). auto: with 2+ cores "
+                             "and at least 8 MB of input files.")
     _add_session_flags(parser)
     other = parser.add_argument_group("timestamps, labels, outputs")
     other.add_argument("--time_fields", nargs="+", help="Header fields holding the timestamp (e.g. Date Time).")
@@ -102,7 +105,8 @@ def resolve_prepare_settings(args: argparse.Namespace) -> PrepareSettings:
                            drain=drain, session=session, time_fields=time_fields, time_format=time_format,
                            label_file=args.label_file,
                            label_field=args.label_field or (None if args.label_file else preset.get("label_field")),
-                           structured_csv=args.structured_csv, progress=not args.no_progress)
+                           structured_csv=args.structured_csv, progress=not args.no_progress,
+                           background_mining={"auto": None, "yes": True, "no": False}[args.mine_in_background])
 
 
 def prepare_main(argv: list[str] | None = None) -> int:

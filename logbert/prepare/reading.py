@@ -167,8 +167,12 @@ class TimestampParser:
     def __init__(self, fields: list[str], time_format: str):
         self.fields, self.time_format = list(fields), time_format
         self.has_date = any(code in time_format for code in ("%Y", "%y", "%s"))
-        getter = itemgetter(*self.fields)
-        self._text_of = getter if len(self.fields) == 1 else lambda header: " ".join(getter(header))
+        if len(self.fields) == 2:  # the common Date + Time: one concatenation, no tuple
+            first, second = self.fields
+            self._text_of = lambda header: header[first] + " " + header[second]
+        else:
+            getter = itemgetter(*self.fields)
+            self._text_of = getter if len(self.fields) == 1 else lambda header: " ".join(getter(header))
         self._fraction_separator = None
         if len(time_format) > 3 and time_format.endswith("%f") and time_format[-3] in ".,:" \
                 and _fast_time_regex(time_format[:-3]) is not None:

@@ -91,12 +91,16 @@ class Sessionizer:
         self.lines_without_session = 0
         self.matched_any_line = False
         self.next_window_end = math.inf  # the earliest end of an open time window
+        # Read on every line: plain attributes, not a lookup through the rule each time.
+        self._idle_timeout, self._max_events = rule.inactivity_timeout, rule.max_events
+        self._time_window, self._window_size = rule.time_window, rule.window_size
+        self._regex_group = self.regex is not None and self.regex.groups > 1
 
     def keys_of(self, line: str, header: dict, timestamp: float | None) -> list:
         """The session ids one line belongs to (several when it names several blocks, or windows overlap)."""
         rule = self.rule
         if self.regex is not None:
-            if self.regex.groups > 1:  # findall would give tuples: the first group names the session
+            if self._regex_group:  # findall would give tuples: the first group names the session
                 keys = [m.group(1) for m in self.regex.finditer(line)]
             else:  # the one group, or the whole match
                 keys = self.regex.findall(line)
@@ -118,32 +122,33 @@ class Sessionizer:
     def add(self, line: str, header: dict, timestamp: float | None, event: Any) -> list[Session]:
         """Put `event` into the sessions of this line; returns the sessions closed by it (in closing order)."""
         closed = self._close_idle(timestamp) if timestamp is not None and (
-            timestamp >= self.next_window_end or self.rule.inactivity_timeout is not None) else []
+            timestamp >= self.next_window_end or self._idle_timeout is not None) else []
         keys = self.keys_of(line, header, timestamp)
         self.line_number += 1
         if not keys:
             self.lines_without_session += 1
             return closed
         self.matched_any_line = True
+        open_sessions, max_events = self.open, self._max_events
         for key in keys:
-            session = self.open.get(key)
+            session = open_sessions.get(key)
             if session is None:
-                name = iso_time(key) if self.rule.time_window is not None else key
-                session = self.open[key] = Session(name, timestamp, timestamp, first_line=self.line_number)
-                if self.rule.time_window is not None:
-                    self.next_window_end = min(self.next_window_end, key + self.rule.time_window)
-            elif self.rule.inactivity_timeout is not None:  # only idle closing needs the activity order
-                self.open.move_to_end(key)
+                name = iso_time(key) if self._time_window is not None else key
+                session = open_sessions[key] = Session(name, timestamp, timestamp, first_line=self.line_number)
+                if self._time_window is not None:
+                    self.next_window_end = min(self.next_window_end, key + self._time_window)
+            elif self._idle_timeout is not None:  # only idle closing needs the activity order
+                open_sessions.move_to_end(key)
             session.events.append(event)
             if timestamp is not None:
                 if session.end is None or timestamp > session.end:
                     session.end = timestamp
                 if session.start is None or timestamp < session.start:
                     session.start = timestamp
-            if self.rule.max_events is not None and len(session.events) >= self.rule.max_events:
-                closed.append(self.open.pop(key))
-        if self.rule.window_size is not None:  # the window that started size-1 lines ago is now full
-            done = f"lines_{self.line_number - self.rule.window_size + 1}-{self.line_number}"
+            if max_events is not None and len(session.events) >= max_events:
+                closed.append(open_sessions.pop(key))
+        if self._window_size is not None:  # the window that started size-1 lines ago is now full
+            done = f"lines_{self.line_number - self._window_size + 1}-{self.line_number}"
             if done in self.open:
                 closed.append(self.open.pop(done))
         return closed

@@ -66,12 +66,12 @@ def event_id_of(cluster_id: int) -> str:
     return f"E{cluster_id}"
 
 
-def write_parser_state(path: str, state: dict, miner: TemplateMiner, occurrences: dict[int, int]) -> None:
-    """`state` (log format, time, session rule ...) plus the final templates, as plain JSON."""
-    templates = [{"event_id": event_id_of(c.cluster_id), "template": c.get_template(),
-                  "occurrences": occurrences.get(c.cluster_id, c.size)}
-                 for c in sorted(miner.drain.clusters, key=lambda c: c.cluster_id)]
-    document = {"format_version": PARSER_STATE_VERSION, **state, "templates": templates}
+def write_parser_state(path: str, state: dict, templates: list[tuple[int, str, int]]) -> None:
+    """`state` (log format, time, session rule ...) plus the final templates (cluster id, text, occurrences), as
+    plain JSON."""
+    document = {"format_version": PARSER_STATE_VERSION, **state,
+                "templates": [{"event_id": event_id_of(cluster_id), "template": template, "occurrences": count}
+                              for cluster_id, template, count in templates]}
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as handle:
         json.dump(document, handle, indent=1)
