@@ -312,6 +312,21 @@ def test_a_mining_process_that_dies_is_a_one_line_error():
     miner.close()
 
 
+def test_a_mining_process_that_cannot_start_says_why_in_one_line(tmp_path, monkeypatch):
+    broken_python = tmp_path / "python"
+    broken_python.write_text("#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+                             "echo 'ImportError: no drain3 here' >&2\nexit 3\n")
+    broken_python.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(broken_python))
+    miner = BackgroundMiner(DrainSettings())
+    try:
+        with pytest.raises(PrepareError, match=r"stopped \(exit code 3\): ImportError: no drain3 here$"):
+            miner.submit(["a line"])
+            miner.receive()
+    finally:
+        miner.close()
+
+
 def test_hdfs_2k_grouping_accuracy_with_the_preset(tmp_path):
     from benchmarks.bench_prepare import event_column, grouping_accuracy
 

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections import deque
 from pathlib import Path
 
@@ -68,10 +69,11 @@ class BackgroundMiner:
         package_root = str(Path(__file__).resolve().parents[2])
         environment = {**os.environ,
                        "PYTHONPATH": os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))}
+        self._stderr = tempfile.TemporaryFile()  # a crash's last line goes into our one-line error
         self._process = subprocess.Popen(
             [sys.executable, "-c", "from logbert.prepare.mining import serve; serve()",
              json.dumps(settings.to_json())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=environment)
 
     def submit(self, contents: list[str]) -> None:
         try:
@@ -85,7 +87,10 @@ class BackgroundMiner:
     def receive(self) -> list:
         line = self._process.stdout.readline()
         if not line:
-            raise PrepareError(f"the Drain3 mining process stopped (exit code {self._process.wait()})")
+            code = self._process.wait()
+            self._stderr.seek(0)
+            last = (self._stderr.read().decode(errors="replace").strip().splitlines() or [""])[-1]
+            raise PrepareError(f"the Drain3 mining process stopped (exit code {code}){': ' + last if last else ''}")
         reply = json.loads(line)
         if isinstance(reply, dict):  # the mining process's own error, as one line
             raise PrepareError(f"Drain3 mining failed: {reply['error']}")
@@ -102,7 +107,7 @@ class BackgroundMiner:
         if self._process.poll() is None:
             self._process.kill()
             self._process.wait()
-        for stream in (self._process.stdin, self._process.stdout):
+        for stream in (self._process.stdin, self._process.stdout, self._stderr):
             with contextlib.suppress(OSError):  # unsent input to a process that is gone
                 stream.close()
 
