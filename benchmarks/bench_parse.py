@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(results, indent=2))
     for name in ("default_heap", "heap_reused"):
         result = results[name]
-        print(f"{name:14s} {result['cpu_seconds_per_file']:.3f} CPU-s per file (user {result['user_seconds_per_file']:.3f},"
+        print(f"{name:14s} {result['cpu_seconds_per_file']:.3f} CPU-s per file "
+              f"(user {result['user_seconds_per_file']:.3f},"
               f" kernel {result['system_seconds_per_file']:.3f})", file=sys.stderr)
     return 0
 

@@ -12,14 +12,14 @@ on the same sessions; they differ only in the settings that the issue names:
              no end-of-session slot, fp32 (fp16 on a GPU): the reference setup.
   default -- the project's defaults: length-grouped batches, dynamic padding to a multiple of 8, the sparse MLM
              head, the end-of-session slot, bf16 on a GPU that supports it.
-Setups with length-grouped batches are timed over one whole megabatch
-(50 batches: the sampler sorts each one longest first, so fewer steps would see only long sessions); the
-others over --steps. Real tokens are the attention-mask ones the model saw; token slots are everything it computed, padding
-included. Model FLOPs count the useful work on real tokens only: 6 x (matmul parameters: encoder, MLM transform
-and decoder) per token plus 12 x layers x hidden x length per token for attention, so MFU is comparable across
-setups. They count the decoder at every real token, as BERT's FLOPs are usually counted, although the sparse head
-runs it only at the ~15% masked positions; executed FLOPs (and HFU) count what the hardware ran: padding, full
-padded attention, and the head where it was applied. Sessions come from --data-dir (a generate_corpus.py corpus) or are drawn in memory the same way.
+Setups with length-grouped batches are timed over one whole megabatch (50 batches: the sampler sorts each one
+longest first, so fewer steps would see only long sessions); the others over --steps. Real tokens are the
+attention-mask ones the model saw; token slots are everything it computed, padding included. Model FLOPs count the
+useful work on real tokens only: 6 x (matmul parameters: encoder, MLM transform and decoder) per token plus 12 x
+layers x hidden x length per token for attention, so MFU is comparable across setups. They count the decoder at
+every real token, as BERT's FLOPs are usually counted, although the sparse head runs it only at the ~15% masked
+positions; executed FLOPs (and HFU) count what the hardware ran: padding, full padded attention, and the head where
+it was applied. Sessions come from --data-dir (a generate_corpus.py corpus) or are drawn in memory the same way.
 
 Two workloads: `token-ids` (the reference's: token ids of a 10,000-id vocabulary, batch 32) and `hdfs-text` (event-ID
 text as HDFS has it: the 14 events of hdfs_train in a 19-token vocabulary built by `build_event_tokenizer`, batch
@@ -277,9 +277,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Timed steps of the random-batch setups (grouped ones: a whole megabatch, at least this).")
     parser.add_argument("--warmup-steps", type=int, default=1, help="Untimed steps first.")
     parser.add_argument("--workload", choices=["token-ids", "hdfs-text"], default="token-ids",
-                        help="token-ids: the reference's 10,000-id vocabulary; hdfs-text: HDFS event-ID text, 19 tokens.")
+                        help="token-ids: the reference's 10,000-id vocabulary; hdfs-text: HDFS event-ID text, "
+                             "19 tokens.")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="Sessions per step (default: 32 for token-ids, as the reference per GPU; 16 for hdfs-text).")
+                        help="Sessions per step (default: 32 for token-ids, as the reference per GPU; 16 for "
+                             "hdfs-text).")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="Peak dense TFLOP/s of the device at the precision used, for MFU (H100 SXM bf16: 989).")
@@ -367,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{result['executed_tflops_per_second']:9.3f} {mfu:>6}")
     lines.append(f"default / naive real-token throughput: {summary['real_token_speedup']:.2f}x (wall clock), "
                  f"{summary['real_token_speedup_by_cpu_time']:.2f}x (CPU time); sessions/s: "
-                 f"{summary['session_speedup']:.2f}x ({summary['workload']}, load average {summary['load_average']:.1f})")
+                 f"{summary['session_speedup']:.2f}x ({summary['workload']}, "
+                 f"load average {summary['load_average']:.1f})")
     print("\n" + "\n".join(lines), file=sys.stderr)
     for name, overrides in setups.items() if args.profile else ():
         run_setup(name, overrides, args, dataset_for, tokenizer, profile_steps=args.profile)

@@ -65,7 +65,8 @@ LINES = {
     26: ("dfs.FSNamesystem", "INFO",
          "BLOCK* NameSystem.addStoredBlock: blockMap updated: {ip}:50010 is added to {blk} size {size}"),
     27: ("dfs.FSNamesystem", "INFO",
-         "BLOCK* NameSystem.addStoredBlock: Redundant addStoredBlock request received for {blk} on {ip}:50010 size {size}"),
+         "BLOCK* NameSystem.addStoredBlock: Redundant addStoredBlock request received for {blk} "
+         "on {ip}:50010 size {size}"),
     28: ("dfs.FSNamesystem", "INFO", ("BLOCK* NameSystem.addStoredBlock: addStoredBlock request received for {blk} "
                                       "on {ip}:50010 size {size} But it does not belong to any file.")),
     29: ("dfs.PendingReplicationMonitor", "WARN", "PendingReplicationMonitor timed out block {blk}"),

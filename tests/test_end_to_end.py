@@ -24,7 +24,8 @@ def test_eval_loss_falls_well_below_its_start_and_beats_the_baseline(trained_mod
     assert results["eval_accuracy"] > results["eval_baseline_accuracy"] + 0.2
     for name in ("eval_top_5_accuracy", "eval_perplexity", "eval_loss"):
         assert name in results
-    assert {"train_results.json", "eval_results.json", "all_results.json"} <= {p.name for p in trained_model_dir.iterdir()}
+    written = {p.name for p in trained_model_dir.iterdir()}
+    assert {"train_results.json", "eval_results.json", "all_results.json"} <= written
 
 
 def test_best_model_reloads_with_identical_outputs(trained_model_dir):

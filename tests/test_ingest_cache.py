@@ -1,4 +1,4 @@
-"""logbert.ingest.cache: the per-file Arrow shard cache notices every change, moves, cleans up, and fails in one line."""
+"""logbert.ingest.cache: the per-file Arrow shard cache notices every change, moves, cleans up, fails in one line."""
 
 from __future__ import annotations
 

@@ -24,14 +24,14 @@ from logbert.prepare.templates import DrainSettings
 
 HDFS_FORMAT = "<Date> <Time> <Pid> <Level> <Component>: <Content>"
 HDFS_LINES = [
-    "081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_-1608999687919862906 src: /10.250.19.102:54106 dest: /10.250.19.102:50010",
-    "081109 203518 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /mnt/hadoop/mapred/system/job_200811092030_0001/job.jar. blk_-1608999687919862906",
-    "081109 203519 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_7503483334202473044 src: /10.251.215.16:55695 dest: /10.251.215.16:50010",
-    "081109 203519 145 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_-1608999687919862906 terminating",
-    "081109 203520 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /mnt/hadoop/mapred/system/job_200811092030_0001/job.split. blk_7503483334202473044",
-    "081109 203521 145 INFO dfs.DataNode$PacketResponder: PacketResponder 0 for block blk_7503483334202473044 terminating",
-    "081110 000001 19 INFO dfs.FSNamesystem: BLOCK* ask 10.250.14.224:50010 to delete  blk_-1608999687919862906 blk_7503483334202473044",
-    "081110 000002 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_42 src: /10.250.19.102:54106 dest: /10.250.19.102:50010",
+    "081109 203518 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_-1608999687919862906 src: /10.250.19.102:54106 dest: /10.250.19.102:50010",  # noqa: E501
+    "081109 203518 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /mnt/hadoop/mapred/system/job_200811092030_0001/job.jar. blk_-1608999687919862906",  # noqa: E501
+    "081109 203519 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_7503483334202473044 src: /10.251.215.16:55695 dest: /10.251.215.16:50010",  # noqa: E501
+    "081109 203519 145 INFO dfs.DataNode$PacketResponder: PacketResponder 1 for block blk_-1608999687919862906 terminating",  # noqa: E501
+    "081109 203520 35 INFO dfs.FSNamesystem: BLOCK* NameSystem.allocateBlock: /mnt/hadoop/mapred/system/job_200811092030_0001/job.split. blk_7503483334202473044",  # noqa: E501
+    "081109 203521 145 INFO dfs.DataNode$PacketResponder: PacketResponder 0 for block blk_7503483334202473044 terminating",  # noqa: E501
+    "081110 000001 19 INFO dfs.FSNamesystem: BLOCK* ask 10.250.14.224:50010 to delete  blk_-1608999687919862906 blk_7503483334202473044",  # noqa: E501
+    "081110 000002 143 INFO dfs.DataNode$DataXceiver: Receiving block blk_42 src: /10.250.19.102:54106 dest: /10.250.19.102:50010",  # noqa: E501
     "081110 000003 145 INFO dfs.DataNode$PacketResponder: PacketResponder 2 for block blk_42 terminating",
 ]
 LOGHUB = next((p / "data" / "loghub_2k" for p in (Path("/work/shared"), Path("../shared")) if p.is_dir()), None)

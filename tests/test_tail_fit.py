@@ -24,13 +24,17 @@ def test_the_tail_fit_recovers_a_known_quantile_of_exponential_scores():
 
 
 def test_the_tail_fit_recovers_a_known_quantile_of_pareto_scores():
-    draw = lambda rng, n: stats.genpareto.rvs(0.2, size=n, random_state=rng)
+    def draw(rng, n):
+        return stats.genpareto.rvs(0.2, size=n, random_state=rng)
+
     assert median_threshold(draw, 5000, 0.001) == pytest.approx(stats.genpareto.isf(0.001, 0.2), rel=0.1)
 
 
 def test_the_tail_fit_extrapolates_beyond_the_highest_score():
     # 500 scores cannot show a 1-in-10,000 rate: the empirical quantile is their maximum (~6.8); the fit is not.
-    draw = lambda rng, n: rng.exponential(1.0, n)
+    def draw(rng, n):
+        return rng.exponential(1.0, n)
+
     highest = np.median([draw(np.random.default_rng(seed), 500).max() for seed in range(10)])
     estimate = median_threshold(draw, 500, 0.0001)
     assert estimate > highest + 1
