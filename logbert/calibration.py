@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .scoring import calibrate_threshold, count_vector_key
+from .scoring import LEFT_TO_RIGHT_SCORES, calibrate_threshold, count_vector_key
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
     """
     from .tail_fit import tail_threshold
 
+    score_kwargs = {**verdict_only(detector, score_name), **score_kwargs}
     results = []
     with tqdm(total=len(normal_sessions), unit="session", desc="Calibrating") as progress:
         for start in range(0, len(normal_sessions), CALIBRATION_CHUNK):
@@ -85,9 +86,18 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
     }
 
 
+def verdict_only(detector, score_name: str | None) -> dict:
+    """`masked_scores=False` when the score reads only the left-to-right rows and the end slot (the default): the
+    thresholds are the same, from about a third of the model's work (`LogAnomalyPipeline`'s docstring)."""
+    from .pipeline import DEFAULT_SCORE_NAME
+
+    name = score_name or getattr(detector.model.config, "score_name", None) or DEFAULT_SCORE_NAME
+    return {"masked_scores": False} if name in LEFT_TO_RIGHT_SCORES else {}
+
+
 def tune_threshold_on_dev(detector, sessions: list, labels: list[int]) -> dict[str, Any]:
     """Threshold that maximises F1 on a labelled development set (never the test set)."""
-    results = detector.score(sessions, return_events=False, threshold=float("inf"))
+    results = detector.score(sessions, return_events=False, threshold=float("inf"), **verdict_only(detector, None))
     scores, labels = np.array([r["anomaly_score"] for r in results]), np.asarray(labels)
     if not (labels == 1).any() or not (labels == 0).any():
         raise ValueError("a development set needs both normal and anomalous sessions")

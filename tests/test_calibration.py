@@ -104,3 +104,24 @@ def test_calibration_sessions_leave_out_known_anomalies():
     assert calibration.calibration_sessions(rows, EVENTS_KIND, limit=3) == [["5"], ["11"]]
     assert calibration.calibration_sessions(rows, "token_ids", limit=4) == [{"token_ids": [1]}, {"token_ids": [3]},
                                                                             {"token_ids": [4]}]
+
+
+def test_calibration_skips_the_masked_rows_when_the_score_does_not_read_them(trained_model_dir, monkeypatch):
+    from logbert.cli import load_detector
+    from logbert.config import SAMPLE_DATA_DIR
+
+    detector = load_detector(str(trained_model_dir), device="cpu")
+    sessions = [line.split() for line in (SAMPLE_DATA_DIR / "hdfs_test_normal_500.txt").read_text().splitlines()]
+    asked = []
+    original = detector._score_preprocessed
+    monkeypatch.setattr(detector, "_score_preprocessed",
+                        lambda prepared, **kw: asked.append(kw.get("masked_scores", True)) or original(prepared, **kw))
+    verdict = calibration.calibrate(detector, sessions, 0.01)
+    assert asked and not any(asked)  # next_max_nll, the default: left to right and the end slot only
+    detector._cache.clear()
+    full = calibration.calibrate(detector, sessions, 0.01, masked_scores=True)
+    assert verdict["anomaly_threshold"] == pytest.approx(full["anomaly_threshold"], abs=1e-5)
+    assert verdict["model_only_threshold"] == pytest.approx(full["model_only_threshold"], abs=1e-5)
+    asked.clear()
+    calibration.calibrate(detector, sessions, 0.01, score_name="mean_nll")  # reads the masked rows: computes them
+    assert asked and all(asked)
