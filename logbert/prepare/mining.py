@@ -7,7 +7,7 @@ at the pace of the slower half instead of the sum of both.
 
 Both miners take batches of contents and hand back, batch by batch in the same order, the Drain3 cluster id of
 every line; `finish` returns the final templates. The second process gets the Drain settings as plain JSON and
-sends back plain lists (no Drain3 object, no jsonpickle, crosses the process boundary).
+answers in JSON: no Drain3 object, no pickle or jsonpickle, crosses the process boundary.
 """
 
 from __future__ import annotations
