@@ -244,6 +244,17 @@ def test_sliding_windows_without_timestamps_make_one_file(tmp_path):
     assert [len(s["event_sequence"]) for s in read_sessions(out)] == [4, 4, 4, 3, 1]
 
 
+def test_sessions_of_about_one_event_are_warned_about(tmp_path, caplog):
+    log = str(write_log(tmp_path / "x.log", HDFS_LINES))
+    with caplog.at_level("WARNING", logger="logbert"):
+        assert run_prepare(tmp_path, "--log_format", HDFS_FORMAT, "--window_size", "1", "--input", log)[0] == 0
+    assert any("Sessions hold 1.0 events on average" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="logbert"):
+        assert run_prepare(tmp_path, "--preset", "hdfs", "--input", log)[0] == 0  # blocks of 3-4 events: no warning
+    assert not any("events on average" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--log_format", "<Date> <Time> <Message>", "--window_size", "2"], "has no <Content> field"),
     (["--preset", "hdfs", "--session_regex", "instance: (\\w+)"], "matched none of the 9 parsed lines"),

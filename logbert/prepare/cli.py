@@ -16,6 +16,7 @@ from .templates import DrainSettings
 
 logger = logging.getLogger("logbert")
 SESSION_FLAGS = ("session_regex", "session_field", "window_size", "time_window")
+MIN_USEFUL_MEAN_SESSION_LENGTH = 2.0  # below it, prepare warns: the sessions say little about event order
 
 
 def _add_session_flags(parser: argparse.ArgumentParser, closing_only: bool = False) -> None:
@@ -126,6 +127,10 @@ def prepare_main(argv: list[str] | None = None) -> int:
     if summary["unparsed"]:
         logger.warning("%d lines do not fit the log format; first: %s", summary["unparsed"],
                        json.dumps(summary["unparsed_examples"][0]))
+    if summary["sessions"] and length["mean"] < MIN_USEFUL_MEAN_SESSION_LENGTH:
+        logger.warning("Sessions hold %.1f events on average: too few for the model to learn an order from. Check "
+                       "the session rule (%s); a sampled log, such as Loghub's 2k files, has too few lines per "
+                       "session to train on.", length["mean"], summary["session_rule"])
     return 0
 
 
