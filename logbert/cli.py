@@ -32,6 +32,11 @@ class ScoringFlags:
     next_event_window: int | None = field(
         default=None, metadata={"help": "Events a left-to-right score reads (linear mode). Default: the model's."})
     batch_size: int | None = field(default=None, metadata={"help": "Model rows per forward pass (at most)."})
+    masked_scores: bool = field(
+        default=True, metadata={"help": "Score each event with both sides visible too. --no_masked_scores computes "
+                                "only what next_max_nll and end_nll need (same verdict, about a third of the "
+                                "work on HDFS); miss_ratio, mean_nll, max_nll and per-event probability are null. "
+                                "Calibration leaves them out by itself when the score does not read them."})
 
 
 @dataclass
@@ -46,10 +51,6 @@ class ScoreArguments(ScoringFlags):
     return_events: bool = field(
         default=True, metadata={"help": "Per-event details in each output line (--no_return_events leaves them out)."}
     )
-    masked_scores: bool = field(
-        default=True, metadata={"help": "Score each event with both sides visible too. --no_masked_scores computes "
-                                "only what next_max_nll and end_nll need (same verdict, about a third of the "
-                                "work on HDFS); miss_ratio, mean_nll, max_nll and per-event probability are null."})
     device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1 ... Default: a GPU when present."})
     dtype: str | None = field(default=None, metadata={"help": "float32, float16 or bfloat16 (GPU). Default: float32."})
     chunk_size: int = field(default=2048, metadata={"help": "Sessions scored together (bounds memory)."})
@@ -83,7 +84,10 @@ class EvaluateArguments(ScoringFlags):
 def scoring_settings(args) -> dict:
     """The pipeline keyword arguments a command's flags set (None: the model's own setting)."""
     names = ("scoring_mode", "next_event_window", "batch_size")
-    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    settings = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    if getattr(args, "masked_scores", True) is False:
+        settings["masked_scores"] = False
+    return settings
 
 
 def load_detector(model: str, device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False):
@@ -205,8 +209,7 @@ def _score(args: ScoreArguments) -> int:
             for path, number, label, result in score_stream(
                     detector, sessions, args.chunk_size, rejected=rejected if args.skip_bad_records else None,
                     threshold=args.threshold, **scoring_settings(args),
-                    num_candidates=args.num_candidates, return_events=args.return_events,
-                    masked_scores=args.masked_scores):
+                    num_candidates=args.num_candidates, return_events=args.return_events):
                 record = {"file": path, "record": number, **({"label": label} if label >= 0 else {}), **result}
                 handle.write(json.dumps(record, allow_nan=False) + "\n")
                 count += 1

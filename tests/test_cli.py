@@ -85,6 +85,16 @@ def test_evaluate_writes_metrics_scores_and_plots(trained_model_dir, tmp_path):
         assert (output_dir / plot).read_bytes()[:4] == b"\x89PNG"
     assert len((output_dir / "scores.jsonl").read_text().splitlines()) == 1000
 
+    # Without the masked rows: the same detection metrics (the score reads only left to right and the end slot).
+    assert evaluate_main(["--model", str(trained_model_dir), "--normal", str(NORMAL_FILE),
+                          "--abnormal", str(ABNORMAL_FILE), "--output_dir", str(tmp_path / "fast"),
+                          "--projected_normal_count", "553366", "--no_masked_scores"]) == 0
+    fast = json.loads((tmp_path / "fast" / "metrics.json").read_text())
+    for detector in ("logbert", "logbert_model_only"):
+        for name in ("tp", "fp", "tn", "fn"):
+            assert fast[detector][name] == report[detector][name], (detector, name)
+        assert fast[detector]["auroc"] == pytest.approx(report[detector]["auroc"], abs=1e-6)
+
 
 def test_evaluate_explains_each_session_with_its_template(trained_model_dir, tmp_path, capsys, caplog):
     import shutil
