@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from .mining import MINING_BATCH_LINES, start_miner
 from .output import (SessionSpool, StructuredSpool, length_summary, make_work_dir, read_label_file,
                      write_summary, write_templates_csv)
 from .reading import CONTENT_FIELD, PrepareError, ReadStats, TimestampParser, build_format_regex, iter_parsed_lines
 from .sessions import SessionRule, Sessionizer
-from .mining import MINING_BATCH_LINES, start_miner
 from .templates import PARSER_STATE_FILE, DrainSettings, event_id_of, write_parser_state
 
 logger = logging.getLogger(__name__)
