@@ -91,8 +91,9 @@ def build_model(model_args: ModelArguments, tokenizer: PreTrainedTokenizerFast, 
     config._attn_implementation = model_args.attn_implementation
     model = LogBertForMaskedLM(config)
     parameters = sum(p.numel() for p in model.parameters())
-    logger.info("Built BertForMaskedLM: %d layers x %d hidden, vocab %d (%d tokens), %.1fM parameters, %s attention",
-                config.num_hidden_layers, config.hidden_size, config.vocab_size, len(tokenizer), parameters / 1e6,
+    padded = f" (embedding rows padded to {config.vocab_size} for speed)" if config.vocab_size > len(tokenizer) else ""
+    logger.info("Built BertForMaskedLM: %d layers x %d hidden, %d tokens%s, %.1fM parameters, %s attention",
+                config.num_hidden_layers, config.hidden_size, len(tokenizer), padded, parameters / 1e6,
                 model_args.attn_implementation)
     return model
 
