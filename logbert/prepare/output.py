@@ -51,14 +51,16 @@ def read_label_file(path: str) -> dict[str, int]:
 
 
 class SessionSpool:
-    """Closed sessions kept on disk, one spool file per day, until the final event ids are known.
+    """Closed sessions kept on disk, one spool file per day, until they can be written in time order.
 
-    Sessions are written when they close but their event ids are Drain3 cluster ids until mining ends; the spool
-    keeps memory independent of the input size. Sorting by start time reads one day's spool at a time.
+    A session's record is final when it closes (a line's event id is its Drain3 cluster's, fixed from the line on;
+    only the template text generalises later), so each spool line is `start<TAB>order<TAB>record`: the sort key in
+    front, the record's JSON behind it, written out as it is. The spool keeps memory independent of the input
+    size; sorting by start time reads one day's spool at a time.
     """
 
-    def __init__(self, work_dir: str, dated: bool):
-        self.work_dir, self.dated = work_dir, dated
+    def __init__(self, work_dir: str, dated: bool, event_id: Callable[[int], str]):
+        self.work_dir, self.dated, self.event_id = work_dir, dated, event_id
         self.handles: dict[str, object] = {}
         self.count = 0
         self.lengths: list[int] = []
@@ -72,12 +74,16 @@ class SessionSpool:
         if handle is None:
             handle = self.handles[day] = open(os.path.join(self.work_dir, f"spool_{day}.jsonl"), "w",
                                               encoding="utf-8")
-        handle.write(json.dumps([self.count, session.session_id, session.start, session.end, session.events,
-                                 label]) + "\n")
+        event_id = self.event_id
+        record = {"session_id": session.session_id, "event_sequence": [event_id(c) for c in session.events]}
+        if label is not None:
+            record["label"] = label
+        start = "" if session.start is None else repr(session.start)
+        handle.write(f"{start}\t{self.count}\t{json.dumps(record)}\n")
         self.count += 1
         self.lengths.append(len(session.events))
 
-    def finish(self, output_dir: str, event_id: Callable[[int], str]) -> list[str]:
+    def finish(self, output_dir: str) -> list[str]:
         """Write the session files: one per day when every session is dated, else one file. Returns their paths."""
         for handle in self.handles.values():
             handle.close()
@@ -85,21 +91,19 @@ class SessionSpool:
         groups = [[day] for day in days] if UNDATED not in days else [days]
         paths = []
         for group in groups:
-            records = []
+            entries = []
             for day in group:
                 with open(os.path.join(self.work_dir, f"spool_{day}.jsonl"), encoding="utf-8") as handle:
-                    records.extend(json.loads(line) for line in handle)
-            # Time order; sessions without a time keep the order in which they closed, after the dated ones.
-            records.sort(key=lambda r: (r[2] is None, r[2] or 0.0, r[0]))
+                    for line in handle:
+                        start, order, record = line.split("\t", 2)
+                        # Time order; sessions without a time keep the order in which they closed, after the dated.
+                        entries.append(((not start, float(start) if start else 0.0, int(order)), record))
+            entries.sort(key=lambda entry: entry[0])
             name = f"{SESSION_FILE_PREFIX}_{group[0]}.jsonl" if group[0] != UNDATED and len(group) == 1 \
                 else f"{SESSION_FILE_PREFIX}.jsonl"
             path = os.path.join(output_dir, name)
             with open(path, "w", encoding="utf-8") as handle:
-                for _, session_id, start, end, clusters, label in records:
-                    record = {"session_id": session_id, "event_sequence": [event_id(c) for c in clusters]}
-                    if label is not None:
-                        record["label"] = label
-                    handle.write(json.dumps(record) + "\n")
+                handle.writelines(record for _, record in entries)
             paths.append(path)
         return paths
 

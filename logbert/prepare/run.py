@@ -77,7 +77,7 @@ def prepare_logs(settings: PrepareSettings) -> dict:
 
     with make_work_dir(settings.output_dir) as work_dir, \
             contextlib.closing(start_miner(settings.drain, settings.inputs, settings.background_mining)) as miner:
-        spool = SessionSpool(work_dir, dated=timestamp_of is not None and timestamp_of.has_date)
+        spool = SessionSpool(work_dir, dated=timestamp_of is not None and timestamp_of.has_date, event_id=event_id_of)
         structured = StructuredSpool(work_dir, headers) if settings.structured_csv else None
 
         def emit(closed):
@@ -135,7 +135,7 @@ def prepare_logs(settings: PrepareSettings) -> dict:
             raise PrepareError(f"--label_file {settings.label_file}: none of its {len(labels)} ids names one of "
                                f"the {spool.count} sessions (e.g. {next(iter(labels), '')!r} vs "
                                f"{spool.first_session_id!r})")
-        files = spool.finish(settings.output_dir, event_id_of)
+        files = spool.finish(settings.output_dir)
         if structured is not None:
             text_of = {cluster_id: template for cluster_id, template, _ in templates}
             structured.finish(settings.structured_csv, event_id_of, text_of.__getitem__)
