@@ -281,7 +281,9 @@ def explained(result: dict) -> dict:
 def result_ends_early(result: dict) -> bool:
     """The end slot gave the session away: with a score that reads it left to right, no event was as surprising
     as the session ending where it does (a truncated session, every event of it plausible)."""
-    if result.get("score_name", "next_max_nll") not in ("next_max_nll", "end_nll") or "next_max_nll" not in result:
+    from .scoring import LEFT_TO_RIGHT_SCORES  # here: the module's top imports stay light (see there)
+
+    if result.get("score_name", "next_max_nll") not in LEFT_TO_RIGHT_SCORES or "next_max_nll" not in result:
         return False
     return not result.get("num_unseen") and result.get("end_nll", 0.0) >= result["next_max_nll"]
 

@@ -1,14 +1,13 @@
 """The files a model folder carries beside its weights: the known-normal fingerprints and the log templates.
 
-Shipped next to saved models with pipeline.py (remote code), so it imports only numpy and the standard library.
+Shipped next to saved models with pipeline.py (remote code), so it imports only numpy and the standard library;
+numpy only where it is used, so that `logbert prepare` can take the file names from here without loading it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-
-import numpy as np
 
 # Fingerprints (scoring.count_vector_key) of the event multisets of the training sessions, saved with the model.
 KNOWN_COUNT_VECTORS_FILE = "known_count_vectors.npy"
@@ -33,6 +32,8 @@ def model_file(model_path: str | None, name: str) -> str | None:
 
 def load_known_count_vectors(model_path: str | None) -> frozenset | None:
     """The training sessions' event-multiset fingerprints saved with the model, or None when there are none."""
+    import numpy as np
+
     path = model_file(model_path, KNOWN_COUNT_VECTORS_FILE)
     return None if path is None else frozenset(np.load(path, allow_pickle=False).tolist())
 
@@ -49,6 +50,8 @@ def load_templates(model_path: str | None) -> dict[str, str] | None:
 
 def write_known_count_vectors(directory, keys) -> str:
     """Save fingerprints (scoring.count_vector_key) as a sorted int64 array; what the pipeline loads."""
+    import numpy as np
+
     path = os.path.join(str(directory), KNOWN_COUNT_VECTORS_FILE)
     np.save(path, np.array(sorted(keys), dtype=np.int64))
     return path

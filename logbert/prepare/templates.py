@@ -12,9 +12,9 @@ from drain3 import TemplateMiner
 from drain3.masking import MaskingInstruction
 from drain3.template_miner_config import TemplateMinerConfig
 
+from ..model_files import PARSER_STATE_FILE
 from .reading import PrepareError
 
-PARSER_STATE_FILE = "parser_state.json"
 PARSER_STATE_VERSION = 1
 UNMATCHED_EVENT = "[UNK]"  # the tokenizer's unknown token: a line no saved template matches
 
