@@ -122,7 +122,7 @@ def test_a_command_line_reference_key_wins_over_a_yaml_hugging_face_key(parse):
     assert training_args.num_train_epochs == 2
 
 
-@pytest.mark.parametrize("config", ["logbert-base.yaml", "tiny.yaml"])
+@pytest.mark.parametrize("config", ["logbert-base.yaml", "tiny.yaml", "hdfs.yaml"])
 def test_every_config_key_is_also_a_command_line_flag(config, parse, monkeypatch):
     monkeypatch.setattr(logbert.config, "_cuda_available", lambda: False)
     argv = []
@@ -135,6 +135,7 @@ def test_every_config_key_is_also_a_command_line_flag(config, parse, monkeypatch
     assert from_flags[0] == from_yaml[0]
     assert from_flags[1] == from_yaml[1]
     assert from_flags[2].to_dict() == from_yaml[2].to_dict()
+    assert from_flags[3] == from_yaml[3]  # scoring
 
 
 def test_hyphenated_data_dir_and_output_dir(tmp_path):
