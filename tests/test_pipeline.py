@@ -319,6 +319,32 @@ def test_a_generator_of_sessions_is_scored_not_used_up(detector):
     assert [r["anomaly_score"] for r in streamed] == [r["anomaly_score"] for r in as_list]
 
 
+def test_a_datasets_dataset_and_a_key_dataset_stream_through_as_in_transformers(detector):
+    from datasets import Dataset
+    from transformers.pipelines.pt_utils import KeyDataset
+
+    sessions = [NORMAL, "22 5 5", "22 5 11 9"]
+    rows = Dataset.from_dict({"event_sequence": [s.split() for s in sessions], "session_id": ["a", "b", "c"]})
+    expected = [r["anomaly_score"] for r in detector(sessions, return_events=False)]
+    by_key = list(detector(KeyDataset(rows, "event_sequence"), return_events=False))
+    whole_rows = list(detector(rows, return_events=False))  # each row a session object
+    assert [r["anomaly_score"] for r in by_key] == expected
+    assert [r["anomaly_score"] for r in whole_rows] == expected
+    assert [r["session_id"] for r in whole_rows] == ["a", "b", "c"]
+
+
+def test_dtype_is_honoured_and_scores_stay_close(trained_model_dir, detector):
+    half = pipeline("log-anomaly", model=str(trained_model_dir), pipeline_class=LogAnomalyPipeline, device="cpu",
+                    known_normal_gate=False, dtype=torch.bfloat16)
+    assert half.model.dtype == torch.bfloat16
+    sessions = [NORMAL, "22 5 5"]
+    full = detector(sessions, return_events=False)
+    reduced = half(sessions, return_events=False)
+    for a, b in zip(full, reduced):
+        assert math.isfinite(b["anomaly_score"])
+        assert b["anomaly_score"] == pytest.approx(a["anomaly_score"], abs=0.25)  # bfloat16: ~3 significant digits
+
+
 def test_the_cache_is_bounded_and_keeps_recent_sessions(detector, monkeypatch):
     detector._cache.clear()
     monkeypatch.setattr(detector, "cache_size", 2)
