@@ -196,8 +196,10 @@ def build_model_card(directory: str | os.PathLike, metrics: dict[str, Any] | Non
     model_rows = {k: config.get(k) for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                               "intermediate_size", "max_position_embeddings", "vocab_size",
                                               "tokenizer_vocab_size", "input_kind") if k in config}
-    scoring_rows = {k: config.get(k) for k in ("anomaly_threshold", "model_only_threshold", "num_candidates",
-                                                "score_name", "threshold_target_fpr", "calibration_sessions")
+    # The scoring mode and window belong beside the thresholds: a threshold holds for the scores it was set on.
+    scoring_rows = {k: config.get(k) for k in ("anomaly_threshold", "model_only_threshold", "threshold_method",
+                                                "num_candidates", "score_name", "scoring_mode", "next_event_window",
+                                                "threshold_target_fpr", "calibration_sessions")
                     if config.get(k) is not None}
     from .pipeline import KNOWN_COUNT_VECTORS_FILE
 

@@ -22,7 +22,7 @@ def _model_folder(path, anomaly_threshold=0.0, detection=True):
     (path / "config.json").write_text(json.dumps({
         "hidden_size": 32, "anomaly_threshold": anomaly_threshold, "model_only_threshold": 3.25,
         "score_name": "next_max_nll", "threshold_target_fpr": 0.001, "calibration_sessions": 500,
-        "num_candidates": 5}))
+        "num_candidates": 5, "scoring_mode": "linear", "next_event_window": 30, "threshold_method": "empirical"}))
     (path / "data_summary.json").write_text(json.dumps({"train_sessions": 100, "datasets": ["org/hdfs-sessions"]}))
     (path / "eval_results.json").write_text(json.dumps({"eval_loss": 1.5, "eval_accuracy": 0.75}))
     np.save(path / "known_count_vectors.npy", np.array([7, 11]))  # the known-normal gate is on
@@ -61,6 +61,9 @@ def test_model_card_explains_a_calibrated_threshold_and_has_no_model_index_witho
     assert card.data.eval_results is None and "model-index" not in str(card) and "model_name" not in str(card)
     assert "strictly above `anomaly_threshold` = 2.5" in card.text and "target false-positive rate" in card.text
     assert "A threshold of 0 means" not in card.text
+    # the settings the thresholds were calibrated under, so that a reader scores the same way
+    assert "| scoring_mode | linear |" in card.text and "| next_event_window | 30 |" in card.text
+    assert "| threshold_method | empirical |" in card.text
 
 
 # ---- Exporting a model folder: readable files, never half written ----------------------------------------------
