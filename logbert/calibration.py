@@ -67,6 +67,14 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
                        "gives no threshold: sessions with a new multiset are judged by the model at its own "
                        "threshold %.4g (%s).", len(results), model_only_threshold, fit["threshold_method"])
         threshold = model_only_threshold
+    elif gate and threshold == 0:
+        new = sum(r["known_count_vector"] is False for r in seen)
+        logger.warning(
+            "Only %d of %d calibration sessions hold an event multiset new to the gate, within the false-positive "
+            "budget of %g (%d sessions): the gated threshold is 0, so every session with a new multiset is flagged, "
+            "as the count-vector baseline does. To have the model judge those sessions, lower the target or score "
+            "with threshold=%.4g (the model's own).", new, len(seen), target_fpr,
+            int(target_fpr * len(seen)), model_only_threshold)
     if target_fpr * len(seen) < 1 and fit["threshold_method"] != "gpd_tail":
         logger.warning(
             "A false-positive rate of %g cannot be read off %d normal sessions, and the tail fit was not usable: the "

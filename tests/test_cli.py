@@ -219,6 +219,25 @@ def test_calibration_with_every_session_known_judges_new_multisets_by_the_model_
     assert "judged by the model at its own threshold" in caplog.text
 
 
+def test_calibration_says_so_when_the_sessions_new_to_the_gate_fit_in_the_false_positive_budget(caplog):
+    from types import SimpleNamespace
+
+    from logbert.calibration import calibrate
+
+    class FewNew:  # 1 of 20 sessions new to the gate; a target of 0.1 allows 2 above the threshold
+        model = SimpleNamespace(config=SimpleNamespace(num_candidates=5))
+
+        def score(self, sessions, **kwargs):
+            return [{"anomaly_score": 7.0 if i == 3 else 0.0, "model_score": float(i), "known_count_vector": i != 3,
+                     "score_name": "next_max_nll"} for i, _ in enumerate(sessions)]
+
+    with caplog.at_level("WARNING", logger="logbert.calibration"):
+        settings = calibrate(FewNew(), [["5"]] * 20, target_fpr=0.1)
+    assert settings["anomaly_threshold"] == 0.0  # flagging every new multiset keeps within the target
+    assert "Only 1 of 20 calibration sessions hold an event multiset new to the gate" in caplog.text
+    assert "every session with a new multiset is flagged" in caplog.text
+
+
 def test_calibration_leaves_out_sessions_with_unseen_events_and_refuses_a_ceiling_threshold():
     from types import SimpleNamespace
 
