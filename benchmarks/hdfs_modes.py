@@ -36,6 +36,7 @@ PROJECTED_NORMAL_COUNT = 553_366
 
 
 def read_sessions(path: Path) -> list[list[str]]:
+    """The sessions of a DeepLog-style file: one line of space-separated event IDs each, blank lines skipped."""
     return [line.split() for line in path.read_text().splitlines() if line.strip()]
 
 

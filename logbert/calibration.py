@@ -62,19 +62,22 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
     gate = results[0]["known_count_vector"] is not None
     threshold = calibrate_threshold(np.array([r["anomaly_score"] for r in seen]), target_fpr) if gate \
         else model_only_threshold
-    if gate and all(r["known_count_vector"] for r in results):
+    # Counted over the sessions the threshold is read from (an unseen event makes a multiset new, but such
+    # sessions are left out).
+    new_to_gate = sum(r["known_count_vector"] is False for r in seen) if gate else 0
+    allowed = int(np.floor(target_fpr * len(seen)))  # sessions the target lets above the threshold
+    if gate and not new_to_gate:
         logger.warning("All %d calibration sessions repeat an event multiset known from training, so the gate alone "
                        "gives no threshold: sessions with a new multiset are judged by the model at its own "
-                       "threshold %.4g (%s).", len(results), model_only_threshold, fit["threshold_method"])
+                       "threshold %.4g (%s).", len(seen), model_only_threshold, fit["threshold_method"])
         threshold = model_only_threshold
-    elif gate and threshold == 0:
-        new = sum(r["known_count_vector"] is False for r in seen)
+    elif gate and new_to_gate <= allowed:
         logger.warning(
-            "Only %d of %d calibration sessions hold an event multiset new to the gate, within the false-positive "
-            "budget of %g (%d sessions): the gated threshold is 0, so every session with a new multiset is flagged, "
-            "as the count-vector baseline does. To have the model judge those sessions, lower the target or score "
-            "with threshold=%.4g (the model's own).", new, len(seen), target_fpr,
-            int(target_fpr * len(seen)), model_only_threshold)
+            "Only %d of %d calibration sessions hold an event multiset new to the gate, no more than the %d that the "
+            "false-positive target %g allows: the gated threshold is %.4g, so a session with a new multiset is "
+            "flagged on almost any score, much as the count-vector baseline does. To have the model judge those "
+            "sessions, lower the target or score with threshold=%.4g (the model's own).", new_to_gate, len(seen),
+            allowed, target_fpr, threshold, model_only_threshold)
     if target_fpr * len(seen) < 1 and fit["threshold_method"] != "gpd_tail":
         logger.warning(
             "A false-positive rate of %g cannot be read off %d normal sessions, and the tail fit was not usable: the "

@@ -235,7 +235,39 @@ def test_calibration_says_so_when_the_sessions_new_to_the_gate_fit_in_the_false_
         settings = calibrate(FewNew(), [["5"]] * 20, target_fpr=0.1)
     assert settings["anomaly_threshold"] == 0.0  # flagging every new multiset keeps within the target
     assert "Only 1 of 20 calibration sessions hold an event multiset new to the gate" in caplog.text
-    assert "every session with a new multiset is flagged" in caplog.text
+    assert "flagged on almost any score" in caplog.text
+
+
+def test_the_gate_threshold_fallback_and_warnings_count_only_sessions_without_unseen_events(caplog):
+    from types import SimpleNamespace
+
+    from logbert.calibration import calibrate
+
+    class KnownOrUnseen:  # every usable session known to the gate; two more hold an unseen event (so new to it)
+        model = SimpleNamespace(config=SimpleNamespace(num_candidates=5))
+
+        def score(self, sessions, **kwargs):
+            return [{"anomaly_score": 27.6 if i < 2 else 0.0, "model_score": 27.6 if i < 2 else float(i),
+                     "known_count_vector": i >= 2, "num_unseen": int(i < 2), "score_name": "next_max_nll"}
+                    for i, _ in enumerate(sessions)]
+
+    with caplog.at_level("WARNING", logger="logbert.calibration"):
+        settings = calibrate(KnownOrUnseen(), [["5"]] * 12, target_fpr=0.1)
+    assert settings["anomaly_threshold"] == settings["model_only_threshold"] > 0
+    assert "All 10 calibration sessions repeat an event multiset" in caplog.text
+
+    class ManyNewAtZero:  # half the sessions new to the gate, most of them scoring 0 (e.g. miss_ratio)
+        model = SimpleNamespace(config=SimpleNamespace(num_candidates=5))
+
+        def score(self, sessions, **kwargs):
+            return [{"anomaly_score": 0.5 if i == 0 else 0.0, "model_score": 0.5 if i == 0 else 0.0,
+                     "known_count_vector": i % 2 == 1, "score_name": "miss_ratio"} for i, _ in enumerate(sessions)]
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="logbert.calibration"):
+        settings = calibrate(ManyNewAtZero(), [["5"]] * 20, target_fpr=0.1)
+    assert settings["anomaly_threshold"] == 0.0  # a real quantile: 1 of 20 above it
+    assert "new to the gate" not in caplog.text
 
 
 def test_calibration_leaves_out_sessions_with_unseen_events_and_refuses_a_ceiling_threshold():
