@@ -40,11 +40,13 @@ def read_sessions(path: Path) -> list[list[str]]:
     return [line.split() for line in path.read_text().splitlines() if line.strip()]
 
 
-def validation_sessions(config: str, train_file: str, seed: int) -> list[list[str]]:
-    """The sessions run_mlm_logs.py held out for validation (and calibration) with this config and seed."""
+def validation_sessions(config: str, train_file: str, seed: int, percentage: int | None = None) -> list[list[str]]:
+    """The sessions run_mlm_logs.py held out for validation (and calibration) with this config and seed (and
+    `--validation_split_percentage percentage`, when the run was given one)."""
     cache = tempfile.mkdtemp(prefix="logbert-hdfs-modes-")
+    override = ["--validation_split_percentage", str(percentage)] if percentage is not None else []
     data_args = parse_args(["--config", config, "--train_file", train_file, "--output_dir", cache,
-                            "--data_cache_dir", cache, "--seed", str(seed)]).data
+                            "--data_cache_dir", cache, "--seed", str(seed), *override]).data
     corpus = load_corpus(data_args, 10000, seed)
     rows = corpus.validation
     return [list(map(str, events)) for events, label in zip(rows["event_ids"], rows["label"]) if label != 1]
@@ -57,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train_file", required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--validation-split-percentage", type=int, default=None,
+                        help="The run's --validation_split_percentage, when it overrode the config's.")
     parser.add_argument("--target-fpr", type=float, default=0.001)
     parser.add_argument("--modes", nargs="+", default=["linear", "exhaustive"])
     parser.add_argument("--next-event-window", type=int, nargs="+", default=None,
@@ -68,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data_dir)
     normal, abnormal = read_sessions(data / "derived_normal_sample_7000"), read_sessions(data / "hdfs_test_abnormal")
     labels = np.array([0] * len(normal) + [1] * len(abnormal))
-    validation = validation_sessions(args.config, args.train_file, args.seed)
+    validation = validation_sessions(args.config, args.train_file, args.seed, args.validation_split_percentage)
     detector = load_detector(args.model, device="cpu")
     print(json.dumps({"model": args.model, "test_sessions": len(labels), "validation_sessions": len(validation)}))
     windows = args.next_event_window or [None]
