@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .scoring import LEFT_TO_RIGHT_SCORES, calibrate_threshold, count_vector_key
+from .scoring import LEFT_TO_RIGHT_SCORES, calibrate_threshold, count_vector_key, sessions_allowed_above
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
     # Counted over the sessions the threshold is read from (an unseen event makes a multiset new, but such
     # sessions are left out).
     new_to_gate = sum(r["known_count_vector"] is False for r in seen) if gate else 0
-    allowed = int(np.floor(target_fpr * len(seen)))  # sessions the target lets above the threshold
+    allowed = sessions_allowed_above(len(seen), target_fpr)  # what calibrate_threshold lets above the threshold
     if gate and not new_to_gate:
         logger.warning("All %d calibration sessions repeat an event multiset known from training, so the gate alone "
                        "gives no threshold: sessions with a new multiset are judged by the model at its own "
@@ -78,7 +78,7 @@ def calibrate(detector, normal_sessions: list, target_fpr: float, score_name: st
             "flagged on almost any score, much as the count-vector baseline does. To have the model judge those "
             "sessions, lower the target or score with threshold=%.4g (the model's own).", new_to_gate, len(seen),
             allowed, target_fpr, threshold, model_only_threshold)
-    if target_fpr * len(seen) < 1 and fit["threshold_method"] != "gpd_tail":
+    if not allowed and fit["threshold_method"] != "gpd_tail":
         logger.warning(
             "A false-positive rate of %g cannot be read off %d normal sessions, and the tail fit was not usable: the "
             "threshold is their highest score. Hold out more sessions (at least %d) or raise the target.",

@@ -191,6 +191,11 @@ def count_vector_key(token_ids) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
+def sessions_allowed_above(count: int, target_fpr: float) -> int:
+    """How many of `count` normal sessions a target false-positive rate lets score above the threshold."""
+    return int(math.floor(target_fpr * count))
+
+
 def calibrate_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
     """The lowest threshold at which at most `target_fpr` of these normal sessions score above it.
 
@@ -202,5 +207,5 @@ def calibrate_threshold(normal_scores: np.ndarray, target_fpr: float) -> float:
         raise ValueError("threshold calibration needs at least one normal session")
     if not 0 <= target_fpr < 1:
         raise ValueError("target_fpr must be in [0, 1)")
-    allowed = int(math.floor(target_fpr * len(scores)))  # sessions allowed above the threshold
+    allowed = sessions_allowed_above(len(scores), target_fpr)
     return float(scores[len(scores) - 1 - allowed])
